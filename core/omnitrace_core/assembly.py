@@ -1,0 +1,190 @@
+"""Turns mapped tokens into sentences with curated citations, incrementally.
+
+Shared by streaming generation and teacher-forced attribution so both produce results the
+same way. Sentences are committed as soon as the next sentence has begun (the boundary is
+then certain); a committed sentence is never re-split, which keeps streamed sentence events and
+the final result identical. A failure while chunking or curating a sentence is recorded in
+``errors`` and the sentence is kept without citations: the answer text is never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from omnitrace_core.chunking import Chunker, Word
+from omnitrace_core.config import CurationConfig
+from omnitrace_core.curation import TokenVote, curate, pos_weight
+from omnitrace_core.mapping import TokenMapping
+from omnitrace_core.results import Citation, SentenceAttribution, SourceInfo, TokenAttribution
+from omnitrace_core.sources import SourceUnit, TextSource
+
+_TERMINATORS = (".", "!", "?", "\n", "。")
+
+
+@dataclass
+class _Token:
+    index: int
+    text: str
+    start: int
+    end: int
+    mapping: TokenMapping
+    pos: str | None = None
+
+
+class SentenceAssembler:
+    """Accumulates tokens and emits :class:`SentenceAttribution` objects as sentences complete."""
+
+    def __init__(
+        self,
+        sources: Sequence[TextSource],
+        units: Sequence[SourceUnit],
+        chunker: Chunker,
+        curation: CurationConfig,
+    ) -> None:
+        self.sources = {s.id: s for s in sources}
+        self.units = list(units)
+        self.chunker = chunker
+        self.curation = curation
+        self.text = ""
+        self.tokens: list[_Token] = []
+        self.sentences: list[SentenceAttribution] = []
+        self.errors: list[str] = []
+        self._committed = 0  # answer chars already assigned to committed sentences
+
+    def add(self, text: str, token: str, start: int, end: int, mapping: TokenMapping) -> list[SentenceAttribution]:
+        """Add one token (``text`` is the whole answer so far); return newly completed sentences."""
+        self.text = text
+        self.tokens.append(_Token(len(self.tokens), token, start, end, mapping))
+        tail = text[self._committed :]
+        if not any(t in tail for t in _TERMINATORS):
+            return []
+        try:
+            spans = self.chunker.sentences(tail)
+        except Exception as exc:  # never lose the answer over a splitter failure
+            self._record(f"sentence splitting failed: {exc!r}")
+            return []
+        done: list[SentenceAttribution] = []
+        # All but the last span are complete once a later sentence has begun.
+        for a, b in spans[:-1]:
+            done.append(self._commit(self._committed + a, self._committed + b))
+        if len(spans) > 1:
+            self._committed += spans[-1][0]
+        return done
+
+    def finish(self, text: str) -> list[SentenceAttribution]:
+        """Commit whatever remains at the end of the answer."""
+        self.text = text
+        tail = text[self._committed :]
+        try:
+            spans = self.chunker.sentences(tail)
+        except Exception as exc:
+            self._record(f"sentence splitting failed: {exc!r}")
+            stripped = tail.strip()
+            spans = [(tail.find(stripped), tail.find(stripped) + len(stripped))] if stripped else []
+        out = [self._commit(self._committed + a, self._committed + b) for a, b in spans]
+        self._committed = len(text)
+        return out
+
+    def token_records(self) -> list[TokenAttribution]:
+        out = []
+        for t in self.tokens:
+            unit = self.units[t.mapping.unit_index] if t.mapping.unit_index >= 0 else None
+            out.append(
+                TokenAttribution(
+                    index=t.index,
+                    token=t.text,
+                    char_start=t.start,
+                    char_end=t.end,
+                    unit_id=unit.unit_id if unit else None,
+                    source_id=unit.source_id if unit else None,
+                    confidence=t.mapping.confidence,
+                    pos=t.pos,
+                    source_fraction=t.mapping.source_fraction,
+                )
+            )
+        return out
+
+    def source_infos(self) -> list[SourceInfo]:
+        return [
+            SourceInfo(
+                id=s.id,
+                title=s.title,
+                url=s.url,
+                metadata=dict(s.metadata),
+                units=[u for u in self.units if u.source_id == s.id],
+            )
+            for s in self.sources.values()
+        ]
+
+    # -- internals --------------------------------------------------------------------------
+    def _record(self, message: str) -> None:
+        if message not in self.errors:
+            self.errors.append(message)
+
+    def _commit(self, a: int, b: int) -> SentenceAttribution:
+        toks = [t for t in self.tokens if t.end > a and t.start < b and t.end > t.start]
+        first = toks[0].index if toks else len(self.tokens)
+        last = toks[-1].index + 1 if toks else first
+        citations: list[Citation] = []
+        mass: dict[str, float] = {}
+        try:
+            self._tag(toks, a, b)
+            votes = [TokenVote(t.mapping.unit_index, t.mapping.confidence, t.pos or "X") for t in toks]
+            for unit_index, score in curate(votes, self.curation):
+                citations.append(self._citation(self.units[unit_index], score))
+            mass = self._source_mass(toks)
+        except Exception as exc:  # keep the sentence, record why it has no citations
+            self._record(f"attribution of sentence {len(self.sentences)} failed: {exc!r}")
+        sentence = SentenceAttribution(
+            index=len(self.sentences),
+            text=self.text[a:b],
+            char_start=a,
+            char_end=b,
+            token_start=first,
+            token_end=last,
+            citations=citations,
+            source_mass=mass,
+            grounded=bool(citations),
+        )
+        self.sentences.append(sentence)
+        return sentence
+
+    def _tag(self, toks: list[_Token], a: int, b: int) -> None:
+        words: list[Word] = self.chunker.words(self.text[a:b], a)
+        for t in toks:
+            best, best_overlap = "SPACE", 0
+            for w in words:
+                overlap = min(w.end, t.end) - max(w.start, t.start)
+                if overlap > best_overlap:
+                    best, best_overlap = w.pos, overlap
+            t.pos = best
+
+    def _source_mass(self, toks: list[_Token]) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        weight_sum = 0.0
+        for t in toks:
+            w = pos_weight(t.pos or "X", self.curation)
+            if w <= 0 or not any(t.mapping.shares):
+                continue
+            weight_sum += w
+            for unit, share in zip(self.units, t.mapping.shares, strict=True):
+                totals[unit.source_id] = totals.get(unit.source_id, 0.0) + w * share
+        if weight_sum <= 0:
+            return {}
+        return {sid: v / weight_sum for sid, v in totals.items()}
+
+    def _citation(self, unit: SourceUnit, score: float) -> Citation:
+        src = self.sources[unit.source_id]
+        return Citation(
+            source_id=unit.source_id,
+            unit_id=unit.unit_id,
+            score=score,
+            cited_text=unit.text,
+            char_start=unit.char_start,
+            char_end=unit.char_end,
+            title=src.title,
+            url=src.url,
+            modality=unit.modality,
+            metadata=dict(src.metadata),
+        )

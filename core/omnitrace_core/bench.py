@@ -1,0 +1,75 @@
+"""The shared attribution benchmark format (FMSA): reading dataset rows, answering them.
+
+A malformed line is reported with its line number and skipped; the other rows still run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnitrace_core.errors import InvalidInputError
+from omnitrace_core.results import TracedAnswer
+from omnitrace_core.tracer import Tracer
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A dataset line that could not be used, with why."""
+
+    line: int
+    message: str
+
+
+def read_rows(path: str | Path) -> Iterator[dict[str, Any] | RowError]:
+    """Yield each dataset row, or a :class:`RowError` naming the bad line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read dataset {p}: {exc}") from exc
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield RowError(number, f"{p}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RowError(number, f"{p}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        problem = _check_row(row)
+        if problem:
+            yield RowError(number, f"{p}:{number}: {problem}")
+            continue
+        yield row
+
+
+def _check_row(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return "a row must be a JSON object"
+    for key in ("id", "sources", "question"):
+        if key not in row:
+            return f"row is missing {key!r}"
+    if row.get("task") == "teacher_forced" and not row.get("response"):
+        return "teacher_forced row has no 'response'"
+    if not isinstance(row["sources"], list):
+        return "'sources' must be a list"
+    return None
+
+
+def answer_row(tracer: Tracer, row: dict[str, Any], **generation_kwargs: Any) -> TracedAnswer:
+    """Answer (or, for forced rows, attribute) one dataset row."""
+    sources = [
+        {k: v for k, v in s.items() if k in ("id", "text", "title", "url", "metadata", "modality")}
+        for s in row["sources"]
+    ]
+    if row.get("response"):
+        return tracer.attribute(sources, row["question"], row["response"])
+    return tracer.generate(sources, row["question"], **generation_kwargs)

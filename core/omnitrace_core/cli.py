@@ -1,0 +1,195 @@
+"""Command line: ``omnitrace demo``, ``omnitrace run``, ``omnitrace predict``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from omnitrace_core.bench import RowError, answer_row, read_rows
+from omnitrace_core.config import MappingConfig, TracerConfig
+from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.results import TracedAnswer
+from omnitrace_core.sources import TextSource
+
+app = typer.Typer(help="Generation-time source attribution (OmniTrace) on local models.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+_COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
+
+DEMO_SOURCES = [
+    TextSource(
+        id="harbor",
+        title="Port Veltra harbor",
+        text="Port Veltra's harbor was dredged in 1911 so that steamships could dock. "
+        "Today it handles mostly ferries to the Osk islands.",
+    ),
+    TextSource(
+        id="lighthouse",
+        title="Veltra lighthouse",
+        text="The Veltra lighthouse stands 42 metres tall on Gannet Point. "
+        "Its keeper, Ilse Marrow, lit the lamp every night for thirty years.",
+    ),
+    TextSource(
+        id="market",
+        title="Fish market",
+        text="The fish market of Port Veltra opens at five in the morning. "
+        "Herring and cod are sold there by auction.",
+    ),
+]
+DEMO_QUESTION = "How tall is the Veltra lighthouse and who was its keeper?"
+
+
+def _tracer(model: str, signal: str, correction: str | None = None, threads: int | None = None) -> Any:
+    import torch
+
+    from omnitrace_core.tracer import Tracer
+
+    if threads:
+        torch.set_num_threads(threads)
+    mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()  # type: ignore[arg-type]
+    return Tracer.from_pretrained(model, config=TracerConfig(signal=signal, mapping=mapping))
+
+
+def render(answer: TracedAnswer, out: Console = console) -> None:
+    """Print the answer, each sentence coloured by its first cited source, and a sources table."""
+    colour = {s.id: _COLORS[i % len(_COLORS)] for i, s in enumerate(answer.sources)}
+    body = Text()
+    for s in answer.sentences:
+        style = colour.get(s.citations[0].source_id, "white") if s.citations else "dim"
+        body.append(s.text, style=style)
+        marks = ",".join(c.source_id for c in s.citations) or "unsupported"
+        body.append(f" [{marks}]", style="bold " + style)
+        body.append("\n")
+    out.print(body)
+    table = Table(title="Sources")
+    table.add_column("id")
+    table.add_column("title")
+    table.add_column("cited by sentences")
+    for src in answer.sources:
+        cited = [
+            f"{s.index}({c.score:.2f})" for s in answer.sentences for c in s.citations if c.source_id == src.id
+        ]
+        table.add_row(Text(src.id, style=colour[src.id]), src.title or "", ", ".join(cited) or "-")
+    out.print(table)
+    for e in answer.errors:
+        out.print(f"[yellow]warning:[/yellow] {e}")
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Packaged model name or local folder")] = DEFAULT_MODEL,
+    max_new_tokens: Annotated[int, typer.Option()] = 64,
+) -> None:
+    """Answer a bundled question over bundled sources and show each sentence's citations."""
+    try:
+        tracer = _tracer(model, "attmean")
+        console.print(f"[bold]Question:[/bold] {DEMO_QUESTION}\n")
+        answer = tracer.generate(DEMO_SOURCES, DEMO_QUESTION, max_new_tokens=max_new_tokens)
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    render(answer)
+
+
+def _load_sources(path: Path) -> list[TextSource]:
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OmniTraceError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise OmniTraceError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(raw)
+        items = data if isinstance(data, list) else data["sources"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        items = [json.loads(line) for line in raw.splitlines() if line.strip()] if raw.strip() else []
+    from omnitrace_core.sources import validate_sources
+
+    return validate_sources(
+        [{k: v for k, v in s.items() if k in ("id", "text", "title", "url", "metadata")} for s in items]
+    )
+
+
+@app.command()
+def run(
+    sources: Annotated[Path, typer.Option(help="JSON list / JSONL of {id, text, title?, url?}")],
+    question: Annotated[str, typer.Option()],
+    model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
+    signal: Annotated[str, typer.Option()] = "attmean",
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
+) -> None:
+    """Answer a question over your sources with per-sentence citations."""
+    try:
+        srcs = _load_sources(sources)
+        tracer = _tracer(model, signal)
+        answer = tracer.generate(srcs, question, max_new_tokens=max_new_tokens)
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(answer.model_dump_json(indent=1))
+    else:
+        render(answer)
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
+    out: Annotated[Path, typer.Option(help="Where to write prediction rows (JSONL)")],
+    model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
+    signal: Annotated[str, typer.Option()] = "attmean",
+    correction: Annotated[str | None, typer.Option(help="Bias correction: none|prompt|running|both")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+) -> None:
+    """Answer every dataset row and write one prediction row each (scorable by score.py)."""
+    from rich.progress import Progress
+
+    try:
+        rows = list(read_rows(data))
+        tracer = _tracer(model, signal, correction, threads or int(os.environ.get("OMNITRACE_THREADS", "0")))
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if limit is not None:
+        rows = rows[:limit]
+    failures = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f, Progress(console=err) as progress:
+        task = progress.add_task("predict", total=len(rows))
+        for row in rows:
+            progress.advance(task)
+            if isinstance(row, RowError):
+                failures += 1
+                err.print(f"[yellow]skipped:[/yellow] {row.message}")
+                continue
+            try:
+                answer = answer_row(tracer, row, max_new_tokens=max_new_tokens)
+            except OmniTraceError as exc:
+                failures += 1
+                err.print(f"[yellow]row {row['id']!r} failed:[/yellow] {exc}")
+                continue
+            f.write(json.dumps(answer.to_prediction(row["id"])) + "\n")
+            f.flush()
+    err.print(f"wrote {len(rows) - failures} predictions to {out} ({failures} rows skipped)")
+    if failures:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

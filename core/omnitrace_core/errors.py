@@ -1,0 +1,39 @@
+"""Exceptions raised by the tracer.
+
+Every error names the offending input so a user can fix it without reading our code.
+All inherit from :class:`OmniTraceError`; input problems are also ``ValueError`` so that
+callers who validate generically still catch them.
+"""
+
+from __future__ import annotations
+
+
+class OmniTraceError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidInputError(OmniTraceError, ValueError):
+    """A source, question, response or config value is unusable (the message says which)."""
+
+
+class ContextLengthError(InvalidInputError):
+    """The prompt (plus the tokens to generate) does not fit the model's context window."""
+
+
+class UnknownNameError(OmniTraceError, KeyError):
+    """An unknown model or signal name; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(OmniTraceError, RuntimeError):
+    """Weights could not be found or loaded (missing package, bad checksum, unreadable folder)."""
+
+
+class GenerationAbandoned(OmniTraceError):
+    """Sent to observers (never raised to the caller) when a stream is closed before its end."""
+
+
+class CaptureError(OmniTraceError, RuntimeError):
+    """The model's attention cannot be captured (it does not route through AttentionInterface)."""

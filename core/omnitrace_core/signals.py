@@ -1,0 +1,100 @@
+"""Attribution signals: how one layer's attention probabilities become a score per position.
+
+A signal picks the layers it reads and reduces a layer's per-head probabilities (for the
+captured query rows) to one score per key position. The capture step averages the reduced rows
+over the chosen layers, so memory stays one row per generated token whatever the signal.
+
+Built in (paper Section 3):
+- ``attmean``: attention averaged over all layers and heads.
+- ``rawatt``: the last layer's attention, averaged over heads.
+- ``attgrads``: attention times the gradient of the generated token's log-probability with
+  respect to that attention, positive part, averaged over layers and heads. Needs a backward
+  pass per token, so it runs teacher-forced after decoding (opt-in).
+
+Plug in your own by subclassing :class:`Signal` and calling :func:`register_signal`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from typing import ClassVar
+
+import torch
+
+from omnitrace_core.errors import UnknownNameError
+
+
+class Signal(ABC):  # noqa: B024 - a base with sensible defaults, not an interface of stubs
+    """Base class of attribution signals.
+
+    Attributes:
+        name: Registry name (lower case).
+        needs_gradients: If true, rows are computed teacher-forced with a backward pass per
+            token and :meth:`reduce` receives ``probs * grads`` instead of ``probs``.
+    """
+
+    name: ClassVar[str] = "custom"
+    needs_gradients: ClassVar[bool] = False
+
+    def layers(self, num_layers: int) -> list[int]:
+        """Indices of the layers this signal reads (default: all)."""
+        return list(range(num_layers))
+
+    def reduce(self, probs: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        """Reduce ``(heads, rows, keys)`` fp32 scores of one layer to ``(rows, keys)``."""
+        return probs.mean(dim=0)
+
+
+class AttMean(Signal):
+    """Attention averaged over all layers and heads (paper default)."""
+
+    name = "attmean"
+
+
+class RawAtt(Signal):
+    """Last-layer attention averaged over heads."""
+
+    name = "rawatt"
+
+    def layers(self, num_layers: int) -> list[int]:
+        return [num_layers - 1]
+
+
+class AttGrads(Signal):
+    """Attention x gradient of the token's log-probability (positive part), mean over heads."""
+
+    name = "attgrads"
+    needs_gradients = True
+
+    def reduce(self, probs: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        return probs.clamp_min(0.0).mean(dim=0)
+
+
+_REGISTRY: dict[str, type[Signal] | Signal] = {
+    AttMean.name: AttMean,
+    RawAtt.name: RawAtt,
+    AttGrads.name: AttGrads,
+}
+
+
+def register_signal(signal: type[Signal] | Signal) -> None:
+    """Make a custom signal available by its ``name`` (e.g. in ``TracerConfig(signal=...)``)."""
+    name = signal.name.lower()
+    if not name or name == "custom":
+        raise ValueError("a registered signal needs its own `name` class attribute")
+    _REGISTRY[name] = signal
+
+
+def available_signals() -> list[str]:
+    """Names accepted by :func:`get_signal`."""
+    return sorted(_REGISTRY)
+
+
+def get_signal(name: str | Signal) -> Signal:
+    """Return a signal instance by name (or pass an instance through)."""
+    if isinstance(name, Signal):
+        return name
+    entry = _REGISTRY.get(str(name).lower())
+    if entry is None:
+        raise UnknownNameError(f"unknown signal {name!r}; known signals: {', '.join(available_signals())}")
+    return entry() if isinstance(entry, type) else entry

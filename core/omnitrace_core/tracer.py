@@ -1,0 +1,601 @@
+"""The tracer: decode with attention capture, map tokens to sources, cite each sentence.
+
+Three entry points share one pipeline:
+
+- :meth:`Tracer.stream` decodes in a worker thread and yields text deltas, a sentence event
+  as soon as each sentence is complete, and finally the whole result.
+- :meth:`Tracer.generate` consumes :meth:`stream`, so both return identical results.
+- :meth:`Tracer.attribute` attributes a given response teacher-forced in one forward pass.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from omnitrace_core.assembly import SentenceAssembler
+from omnitrace_core.capture import CaptureSession, capturing, install
+from omnitrace_core.chunking import Chunker
+from omnitrace_core.config import TracerConfig
+from omnitrace_core.errors import ContextLengthError, GenerationAbandoned, InvalidInputError, UnknownNameError
+from omnitrace_core.log import get_logger
+from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
+from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
+from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
+from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta, TracedAnswer
+from omnitrace_core.signals import Signal, get_signal
+from omnitrace_core.sources import PromptLayout, TextSource, build_prompt, validate_sources
+
+logger = get_logger()
+
+SourcesArg = Sequence[TextSource | dict[str, Any]]
+_GRAD_REFERENCE_ROWS = 32
+
+
+@dataclass(frozen=True)
+class ForcedRows:
+    """A teacher-forced response's tokens and their attention rows (CPU, fp32)."""
+
+    response: str
+    token_ids: list[int]
+    offsets: list[tuple[int, int]]
+    rows: list[torch.Tensor]
+    reference_rows: list[torch.Tensor]
+    signal: str
+
+
+class _TokenQueue:
+    """A transformers streamer that hands generated token ids to the consuming thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        for tok in value.reshape(-1).tolist():
+            self.queue.put(int(tok))
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class Tracer:
+    """Generation-time source attribution over a local Hugging Face decoder-only model.
+
+    Args:
+        model: A loaded causal LM whose attention goes through transformers' AttentionInterface.
+        tokenizer: Its (fast) tokenizer.
+        config: Tracer configuration; per-call overrides are accepted by every method.
+        model_name: Name reported in results.
+
+    Raises:
+        CaptureError: if the model's attention cannot be captured.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: TracerConfig | None = None,
+        model_name: str | None = None,
+        observers: Sequence[TraceObserver] = (),
+    ) -> None:
+        self.loaded = LoadedModel(model=model, tokenizer=tokenizer, name=model_name or _model_name(model))
+        self.config = config or TracerConfig()
+        get_signal(self.config.signal)  # fail fast on an unknown name
+        install(model)
+        model.eval()
+        self.chunker = Chunker()
+        self.observers = ObserverHub()
+        for observer in observers:
+            self.observers.add(observer)
+
+    def add_observer(self, observer: TraceObserver) -> None:
+        """Receive generation events (see :mod:`omnitrace_core.observers`)."""
+        self.observers.add(observer)
+
+    def remove_observer(self, observer: TraceObserver) -> None:
+        self.observers.remove(observer)
+
+    def flush_observers(self, timeout: float = 5.0) -> bool:
+        """Wait for observers to receive every event so far; False on timeout."""
+        return self.observers.flush(timeout)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_default(cls, config: TracerConfig | None = None, **load_kwargs: Any) -> Tracer:
+        """The packaged SmolLM2-135M-Instruct: offline, CPU, fp32."""
+        return cls.from_pretrained(DEFAULT_MODEL, config=config, **load_kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        config: TracerConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        **load_kwargs: Any,
+    ) -> Tracer:
+        """Load a packaged model by name (``smollm2-135m``, ``qwen2.5-0.5b``) or a local folder.
+
+        ``device`` / ``dtype`` / ``device_map`` pass through to transformers; capture
+        arithmetic stays fp32 whatever the model dtype.
+        """
+        if dtype is not None:
+            load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if device_map is not None:
+            load_kwargs["device_map"] = device_map
+        loaded = load_model(name_or_path, **load_kwargs)
+        if device is not None and device_map is None:
+            loaded.model.to(device)
+        return cls(loaded.model, loaded.tokenizer, config=config, model_name=loaded.name)
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    # -- public API ----------------------------------------------------------------------------
+    def generate(
+        self,
+        sources: SourcesArg,
+        question: str,
+        *,
+        config: TracerConfig | None = None,
+        **generation_kwargs: Any,
+    ) -> TracedAnswer:
+        """Answer ``question`` from ``sources`` and cite every sentence.
+
+        Greedy by default (``max_new_tokens=256``, ``no_repeat_ngram_size=3``); other keyword
+        arguments go to ``model.generate``.
+        """
+        final: TracedAnswer | None = None
+        for event in self.stream(sources, question, config=config, **generation_kwargs):
+            if isinstance(event, FinalEvent):
+                final = event.answer
+        assert final is not None
+        return final
+
+    def stream(
+        self,
+        sources: SourcesArg,
+        question: str,
+        *,
+        config: TracerConfig | None = None,
+        **generation_kwargs: Any,
+    ) -> Iterator[StreamEvent]:
+        """Yield :class:`TextDelta` per token, :class:`SentenceEvent` per completed sentence, then
+        one :class:`FinalEvent` carrying the whole result."""
+        cfg = config or self.config
+        try:
+            signal = get_signal(cfg.signal)
+            srcs = validate_sources(sources)
+            layout = build_prompt(self.tokenizer, srcs, question, cfg.system_prompt, cfg.split_sources)
+            gen = self._generation_kwargs(cfg, generation_kwargs)
+            self._check_length(len(layout.input_ids), int(gen["max_new_tokens"]))
+        except (InvalidInputError, UnknownNameError) as exc:
+            logger.warning("input_rejected", operation="chat", error_type=type(exc).__name__, reason=str(exc))
+            raise
+        info = self._info("chat", srcs, question, layout, signal, gen)
+        inner = (
+            self._stream_gradient_signal(srcs, question, layout, cfg, gen)
+            if signal.needs_gradients
+            else self._stream_attention(srcs, layout, cfg, signal, gen)
+        )
+        yield from self._observed(info, inner)
+
+    def attribute(
+        self,
+        sources: SourcesArg,
+        question: str,
+        response: str,
+        *,
+        config: TracerConfig | None = None,
+    ) -> TracedAnswer:
+        """Attribute a given ``response`` (teacher-forced, one forward pass)."""
+        cfg = config or self.config
+        try:
+            srcs = validate_sources(sources)
+            if response is None or not response.strip():
+                raise InvalidInputError("response is empty: nothing to attribute")
+            layout = build_prompt(self.tokenizer, srcs, question, cfg.system_prompt, cfg.split_sources)
+        except (InvalidInputError, UnknownNameError) as exc:
+            logger.warning(
+                "input_rejected", operation="attribute", error_type=type(exc).__name__, reason=str(exc)
+            )
+            raise
+        info = self._info("attribute", srcs, question, layout, get_signal(cfg.signal), {})
+
+        def run() -> Iterator[StreamEvent]:
+            answer = self._attribute_layout(srcs, layout, response, cfg, mode="attribute", finish_reason=None)
+            for sentence in answer.sentences:
+                yield SentenceEvent(sentence=sentence)
+            yield FinalEvent(answer=answer)
+
+        final: TracedAnswer | None = None
+        for event in self._observed(info, run()):
+            if isinstance(event, FinalEvent):
+                final = event.answer
+        assert final is not None
+        return final
+
+    # -- observers -------------------------------------------------------------------------
+    def _info(
+        self,
+        operation: str,
+        srcs: list[TextSource],
+        question: str,
+        layout: PromptLayout,
+        signal: Signal,
+        gen: dict[str, Any],
+    ) -> GenerationInfo:
+        return GenerationInfo(
+            run_id=new_run_id(),
+            operation=operation,
+            model=self.loaded.name,
+            signal=signal.name,
+            source_ids=tuple(s.id for s in srcs),
+            question=question,
+            prompt_tokens=len(layout.input_ids),
+            request={k: v for k, v in gen.items() if isinstance(v, (int, float, str, bool))},
+            sources={s.id: s.text for s in srcs},
+        )
+
+    def _observed(self, info: GenerationInfo, events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+        """Forward events to observers (never blocking on them) while yielding them on."""
+        ctx = contextvars.copy_context()
+        hub = self.observers
+        hub.emit(ctx, "on_generation_start", info)
+        try:
+            for event in events:
+                if isinstance(event, SentenceEvent):
+                    hub.emit(ctx, "on_sentence", info, event.sentence)
+                elif isinstance(event, FinalEvent):
+                    hub.emit(ctx, "on_generation_end", info, event.answer)
+                yield event
+        except GeneratorExit:
+            # The consumer stopped reading: tell observers so they close their spans (and the
+            # hub drops this run's context copies).
+            hub.emit(ctx, "on_generation_error", info, GenerationAbandoned("stream closed by its consumer"))
+            raise
+        except BaseException as exc:
+            hub.emit(ctx, "on_generation_error", info, exc)
+            raise
+
+    # -- internals -----------------------------------------------------------------------------
+    def _generation_kwargs(self, cfg: TracerConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+        gen: dict[str, Any] = {
+            "max_new_tokens": cfg.generation.max_new_tokens,
+            "no_repeat_ngram_size": cfg.generation.no_repeat_ngram_size,
+            "do_sample": cfg.generation.do_sample,
+        }
+        gen.update(overrides)
+        if int(gen["max_new_tokens"]) < 1:
+            raise InvalidInputError(f"max_new_tokens must be >= 1, got {gen['max_new_tokens']}")
+        if not gen.get("do_sample"):
+            for key in ("temperature", "top_p", "top_k"):
+                gen.setdefault(key, None)
+        if gen.get("num_beams", 1) != 1 or gen.get("num_return_sequences", 1) != 1:
+            raise InvalidInputError("beam search / several return sequences are not supported while tracing")
+        return gen
+
+    def _check_length(self, prompt_tokens: int, new_tokens: int) -> None:
+        window = self.loaded.context_window
+        if prompt_tokens + new_tokens > window:
+            raise ContextLengthError(
+                f"prompt is {prompt_tokens} tokens and {new_tokens} new tokens are requested: "
+                f"{prompt_tokens + new_tokens} > the model's context window of {window}. "
+                "Shorten or drop sources, or lower max_new_tokens."
+            )
+
+    def _new_assembler(self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig) -> SentenceAssembler:
+        return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation)
+
+    def _stream_attention(
+        self,
+        srcs: list[TextSource],
+        layout: PromptLayout,
+        cfg: TracerConfig,
+        signal: Signal,
+        gen: dict[str, Any],
+    ) -> Iterator[StreamEvent]:
+        t0 = time.perf_counter()
+        prompt_len = len(layout.input_ids)
+        session = CaptureSession(
+            signal, self.loaded.num_layers, prefill_positions=[*layout.reference_positions, prompt_len - 1]
+        )
+        streamer = _TokenQueue()
+        failure: list[BaseException] = []
+        device = self.model.device
+        input_ids = torch.tensor([layout.input_ids], device=device)
+
+        def work() -> None:
+            try:
+                with capturing(session), torch.no_grad():
+                    self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        streamer=streamer,
+                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                        **gen,
+                    )
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
+        worker.start()
+        index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
+        assembler = self._new_assembler(srcs, layout, cfg)
+        mapper: TokenMapper | None = None
+        special = set(self.tokenizer.all_special_ids)
+        ids: list[int] = []
+        text = ""
+        step = 0
+        finish = "length"
+        first_token_at = None
+        while True:
+            tok = streamer.queue.get()
+            if tok is None:
+                break
+            position = prompt_len - 1 + step
+            step += 1
+            if mapper is None:
+                first_token_at = time.perf_counter()
+                ref_rows = [session.row(p) for p in layout.reference_positions if p in session.rows]
+                mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
+            if tok in special:
+                if tok == self.tokenizer.eos_token_id or tok in _eos_ids(self.model):
+                    finish = "stop"
+                continue
+            ids.append(tok)
+            new_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if new_text.endswith("\ufffd"):  # incomplete UTF-8: wait for the next token
+                new_text = text
+            start, end = len(text), len(new_text)
+            mapping = mapper.map(session.row(position))
+            delta = new_text[len(text) :]
+            text = new_text
+            done = assembler.add(text, self.tokenizer.decode([tok]), start, end, mapping)
+            if delta:
+                yield TextDelta(text=delta, token_index=len(ids) - 1)
+            for sentence in done:
+                yield SentenceEvent(sentence=sentence)
+        worker.join()
+        if failure:
+            raise failure[0]
+        final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if final_text != text:  # a trailing incomplete character
+            yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
+        for sentence in assembler.finish(final_text):
+            yield SentenceEvent(sentence=sentence)
+        if not ids:
+            finish = "stop" if finish == "stop" else "length"
+        timings = {"total_s": time.perf_counter() - t0}
+        if first_token_at is not None:
+            timings["first_token_s"] = first_token_at - t0
+        answer = TracedAnswer(
+            text=final_text,
+            sentences=assembler.sentences,
+            tokens=assembler.token_records(),
+            sources=assembler.source_infos(),
+            model=self.loaded.name,
+            signal=signal.name,
+            mode="generate",
+            prompt_tokens=prompt_len,
+            generated_tokens=step,
+            finish_reason=finish,  # type: ignore[arg-type]
+            config=cfg.model_dump(mode="json"),
+            errors=assembler.errors,
+            timings=timings,
+        )
+        yield FinalEvent(answer=answer)
+
+    def _stream_gradient_signal(
+        self,
+        srcs: list[TextSource],
+        question: str,
+        layout: PromptLayout,
+        cfg: TracerConfig,
+        gen: dict[str, Any],
+    ) -> Iterator[StreamEvent]:
+        """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
+        streamer = _TokenQueue()
+        input_ids = torch.tensor([layout.input_ids], device=self.model.device)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with torch.no_grad():
+                    self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        streamer=streamer,
+                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                        **gen,
+                    )
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
+        worker.start()
+        special = set(self.tokenizer.all_special_ids)
+        ids: list[int] = []
+        text = ""
+        finish = "length"
+        while (tok := streamer.queue.get()) is not None:
+            if tok in special:
+                finish = "stop"
+                continue
+            ids.append(tok)
+            new_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if not new_text.endswith("\ufffd") and new_text != text:
+                yield TextDelta(text=new_text[len(text) :], token_index=len(ids) - 1)
+                text = new_text
+        worker.join()
+        if failure:
+            raise failure[0]
+        final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if final_text != text:
+            yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
+        if not final_text.strip():
+            answer = self._empty_answer(srcs, layout, cfg, finish)
+        else:
+            answer = self._attribute_layout(srcs, layout, final_text, cfg, mode="generate", finish_reason=finish)
+        for sentence in answer.sentences:
+            yield SentenceEvent(sentence=sentence)
+        yield FinalEvent(answer=answer)
+
+    def _empty_answer(
+        self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig, finish: str
+    ) -> TracedAnswer:
+        assembler = self._new_assembler(srcs, layout, cfg)
+        return TracedAnswer(
+            text="",
+            sentences=[],
+            tokens=[],
+            sources=assembler.source_infos(),
+            model=self.loaded.name,
+            signal=get_signal(cfg.signal).name,
+            mode="generate",
+            prompt_tokens=len(layout.input_ids),
+            generated_tokens=0,
+            finish_reason=finish,  # type: ignore[arg-type]
+            config=cfg.model_dump(mode="json"),
+        )
+
+    def _attribute_layout(
+        self,
+        srcs: list[TextSource],
+        layout: PromptLayout,
+        response: str,
+        cfg: TracerConfig,
+        mode: str,
+        finish_reason: str | None,
+    ) -> TracedAnswer:
+        t0 = time.perf_counter()
+        signal = get_signal(cfg.signal)
+        forced = self.forced_rows(layout, response, signal)
+        answer = self.assemble_forced(srcs, layout, forced, cfg, mode=mode, finish_reason=finish_reason)
+        return answer.model_copy(update={"timings": {"attribution_s": time.perf_counter() - t0}})
+
+    def forced_rows(self, layout: PromptLayout, response: str, signal: Signal) -> ForcedRows:
+        """Run the teacher-forced pass: the response's tokens and one attention row per token.
+
+        Separated from :meth:`assemble_forced` so evaluations can reuse the rows under many
+        mapping / curation settings without re-running the model.
+        """
+        enc = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+        resp_ids: list[int] = list(enc["input_ids"])
+        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        prompt_len = len(layout.input_ids)
+        self._check_length(prompt_len, len(resp_ids))
+        positions = list(range(prompt_len - 1, prompt_len - 1 + len(resp_ids)))
+        ids = torch.tensor([layout.input_ids + resp_ids], device=self.model.device)
+        if signal.needs_gradients:
+            ref_positions = layout.reference_positions[-_GRAD_REFERENCE_ROWS:]
+            rows = self._gradient_rows(signal, ids, [*ref_positions, *positions])
+        else:
+            ref_positions = layout.reference_positions
+            session = CaptureSession(
+                signal, self.loaded.num_layers, prefill_positions=[*ref_positions, *positions]
+            )
+            with capturing(session), torch.no_grad():
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            rows = session.rows
+        return ForcedRows(
+            response=response,
+            token_ids=resp_ids,
+            offsets=offsets,
+            rows=[rows[p].cpu() for p in positions],
+            reference_rows=[rows[p].cpu() for p in ref_positions if p in rows],
+            signal=signal.name,
+        )
+
+    def assemble_forced(
+        self,
+        srcs: list[TextSource],
+        layout: PromptLayout,
+        forced: ForcedRows,
+        cfg: TracerConfig,
+        mode: str = "attribute",
+        finish_reason: str | None = None,
+    ) -> TracedAnswer:
+        """Map, chunk and curate precomputed forced rows into a result."""
+        index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
+        mapper = TokenMapper(index, cfg.mapping, reference_share(index, forced.reference_rows))
+        assembler = self._new_assembler(srcs, layout, cfg)
+        response, offsets = forced.response, forced.offsets
+        for k, (tok, (a, b)) in enumerate(zip(forced.token_ids, offsets, strict=True)):
+            mapping = mapper.map(forced.rows[k])
+            # Offsets of byte-level tokens may overlap or be empty; keep them monotonic.
+            start = max(a, offsets[k - 1][1] if k else 0)
+            end = max(b, start)
+            assembler.add(response[:end], self.tokenizer.decode([tok]), start, end, mapping)
+        assembler.finish(response)
+        return TracedAnswer(
+            text=response,
+            sentences=assembler.sentences,
+            tokens=assembler.token_records(),
+            sources=assembler.source_infos(),
+            model=self.loaded.name,
+            signal=forced.signal,
+            mode=mode,  # type: ignore[arg-type]
+            prompt_tokens=len(layout.input_ids),
+            generated_tokens=len(forced.token_ids),
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            config=cfg.model_dump(mode="json"),
+            errors=assembler.errors,
+        )
+
+    def _gradient_rows(self, signal: Signal, ids: torch.Tensor, positions: list[int]) -> dict[int, torch.Tensor]:
+        """Rows of ``reduce(attention * d logp / d attention)`` for each query position."""
+        session = CaptureSession(signal, self.loaded.num_layers, grad_mode=True)
+        with capturing(session), torch.enable_grad():
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+            logp = torch.log_softmax(logits[0].float(), dim=-1)
+            layers = sorted(session.grad_probs)
+            probs = [session.grad_probs[layer] for layer in layers]
+            rows: dict[int, torch.Tensor] = {}
+            targets = ids[0]
+            for pos in positions:
+                if pos + 1 >= targets.shape[0]:
+                    continue
+                grads = torch.autograd.grad(logp[pos, targets[pos + 1]], probs, retain_graph=True)
+                acc = None
+                for layer, p, g in zip(layers, probs, grads, strict=True):
+                    attn_x_grad = (p[0, :, pos, : pos + 1] * g[0, :, pos, : pos + 1]).float()
+                    red = signal.reduce(attn_x_grad.unsqueeze(1), layer)
+                    acc = red[0] if acc is None else acc + red[0]
+                assert acc is not None
+                rows[pos] = (acc / len(layers)).detach()
+        return rows
+
+
+def _eos_ids(model: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, list) else {int(eos)}
+
+
+def _model_name(model: Any) -> str:
+    return str(getattr(model.config, "name_or_path", "") or type(model).__name__)

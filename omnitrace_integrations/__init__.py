@@ -1,0 +1,1 @@
+"""Adapters from OmniTrace to LangChain, LlamaIndex and OpenTelemetry (optional extras)."""

@@ -1,0 +1,139 @@
+"""Captured rows must equal eager attention exactly (up to float error)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from omnitrace_core.capture import CaptureSession, capturing, install
+from omnitrace_core.errors import CaptureError
+from omnitrace_core.signals import AttMean, RawAtt, Signal
+
+from tests.conftest import build_tiny_model
+
+
+class PerLayer(Signal):
+    """Keeps only one layer so the test can compare layer by layer."""
+
+    name = "per-layer-test"
+
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+
+    def layers(self, num_layers: int) -> list[int]:
+        return [self.layer]
+
+
+def _eager_attentions(model, ids):
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_attentions=True, use_cache=False)
+    finally:
+        install(model)
+    return [a[0].float() for a in out.attentions]  # (H, N, N) per layer
+
+
+@pytest.fixture()
+def model(tiny_tokenizer):
+    m = build_tiny_model(len(tiny_tokenizer), seed=3)
+    install(m)
+    return m
+
+
+def test_prefill_rows_match_eager(model):
+    ids = torch.randint(0, 300, (1, 40))
+    eager = _eager_attentions(model, ids)
+    positions = [5, 17, 39]
+    for layer in range(len(eager)):
+        session = CaptureSession(PerLayer(layer), len(eager), prefill_positions=positions)
+        with capturing(session), torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        for p in positions:
+            expected = eager[layer][:, p, : p + 1].mean(0)
+            assert torch.max(torch.abs(session.row(p) - expected)) <= 1e-5
+
+
+def test_decode_rows_match_eager_over_the_full_sequence(model):
+    prompt = torch.randint(0, 300, (1, 12))
+    session = CaptureSession(AttMean(), 3, prefill_positions=[11])
+    with capturing(session), torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                             do_sample=False, pad_token_id=0)
+    full = out[:, :-1]  # the last token is never used as a query
+    eager = _eager_attentions(model, full)
+    mean = torch.stack([a for a in eager]).mean(0).mean(0)  # (N, N) mean over layers and heads
+    for p in range(11, full.shape[1]):
+        assert torch.max(torch.abs(session.row(p) - mean[p, : p + 1])) <= 1e-5
+
+
+def test_rawatt_reads_only_the_last_layer(model):
+    ids = torch.randint(0, 300, (1, 20))
+    eager = _eager_attentions(model, ids)
+    session = CaptureSession(RawAtt(), 3, prefill_positions=[19])
+    with capturing(session), torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    assert torch.max(torch.abs(session.row(19) - eager[-1][:, 19].mean(0))) <= 1e-5
+
+
+def test_capture_does_not_change_outputs(model):
+    ids = torch.randint(0, 300, (1, 16))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        session = CaptureSession(AttMean(), 3, prefill_positions=[15])
+        with capturing(session):
+            traced = model(input_ids=ids).logits
+    assert torch.equal(plain, traced)
+
+
+def test_sessions_in_two_threads_do_not_mix(model):
+    ids_a = torch.randint(0, 300, (1, 30))
+    ids_b = torch.randint(0, 300, (1, 22))
+    results: dict[str, CaptureSession] = {}
+
+    def run(name, ids):
+        session = CaptureSession(AttMean(), 3, prefill_positions=[ids.shape[1] - 1])
+        with capturing(session), torch.no_grad():
+            for _ in range(3):
+                model(input_ids=ids, use_cache=False)
+        results[name] = session
+
+    threads = [threading.Thread(target=run, args=(n, i)) for n, i in (("a", ids_a), ("b", ids_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results["a"].rows) == {29}
+    assert set(results["b"].rows) == {21}
+    # three identical passes accumulate three times the single-pass row
+    single = CaptureSession(AttMean(), 3, prefill_positions=[29])
+    with capturing(single), torch.no_grad():
+        model(input_ids=ids_a, use_cache=False)
+    assert torch.allclose(results["a"].row(29), 3 * single.row(29), atol=1e-5)
+
+
+def test_no_session_means_no_capture_state(model):
+    ids = torch.randint(0, 300, (1, 8))
+    with torch.no_grad():
+        model(input_ids=ids)  # must simply run
+
+
+def test_signal_without_layers_is_rejected():
+    class NoLayers(Signal):
+        name = "none-test"
+
+        def layers(self, num_layers: int) -> list[int]:
+            return []
+
+    with pytest.raises(CaptureError, match="selects no layers"):
+        CaptureSession(NoLayers(), 3)
+
+
+def test_model_without_attention_interface_is_rejected():
+    class Legacy(torch.nn.Module):
+        def _can_set_attn_implementation(self) -> bool:
+            return False
+
+    with pytest.raises(CaptureError, match="AttentionInterface"):
+        install(Legacy())

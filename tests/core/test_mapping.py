@@ -1,0 +1,62 @@
+"""Token -> unit mapping: summed vs peak rule, confidence, bias correction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omnitrace_core.config import MappingConfig
+from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
+from omnitrace_core.sources import SourceUnit
+
+
+def _units():
+    # positions 0 (sink) | 1-3 unit a | 4-6 unit b | 7-8 scaffolding
+    return [
+        SourceUnit(unit_id="a", source_id="a", index=0, text="A", char_start=0, char_end=1, token_start=1, token_end=4),
+        SourceUnit(unit_id="b", source_id="b", index=0, text="B", char_start=0, char_end=1, token_start=4, token_end=7),
+    ]
+
+
+def test_summed_rule_picks_largest_total_and_peak_rule_the_single_max():
+    index = UnitIndex(_units())
+    row = torch.tensor([0.3, 0.1, 0.1, 0.1, 0.25, 0.0, 0.0, 0.1, 0.05])
+    summed = TokenMapper(index, MappingConfig(rule="summed", bias_correction="none")).map(row)
+    peak = TokenMapper(index, MappingConfig(rule="peak", bias_correction="none")).map(row)
+    assert summed.unit_index == 0 and summed.confidence == pytest.approx(0.3 / 0.55)
+    assert peak.unit_index == 1 and peak.confidence == pytest.approx(0.25 / 0.55)
+    assert summed.source_fraction == pytest.approx(0.55 / 1.0)
+
+
+def test_scaffolding_and_sink_are_never_units():
+    index = UnitIndex(_units(), exclude_first_positions=2)
+    row = torch.tensor([0.9, 0.5, 0.0, 0.0, 0.01, 0.0, 0.0, 0.9, 0.9])
+    m = TokenMapper(index, MappingConfig(bias_correction="none")).map(row)
+    assert m.unit_index == 1  # position 1 (in unit a) is excluded as sink region
+
+
+def test_prompt_correction_divides_by_reference_share():
+    index = UnitIndex(_units())
+    ref = reference_share(index, [torch.tensor([0.0, 0.6, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0, 0.0])])
+    assert ref is not None and ref.tolist() == pytest.approx([0.8, 0.2])
+    row = torch.tensor([0.0, 0.5, 0.1, 0.1, 0.2, 0.05, 0.05, 0.0, 0.0])  # raw shares 0.7 / 0.3
+    m = TokenMapper(index, MappingConfig(bias_correction="prompt"), ref).map(row)
+    # corrected: 0.7/0.8 = 0.875, 0.3/0.2 = 1.5 -> b wins with 1.5/2.375
+    assert m.unit_index == 1
+    assert m.confidence == pytest.approx(1.5 / 2.375)
+    assert m.raw_shares == pytest.approx((0.7, 0.3))
+
+
+def test_running_correction_is_causal():
+    index = UnitIndex(_units())
+    mapper = TokenMapper(index, MappingConfig(bias_correction="running"))
+    first = mapper.map(torch.tensor([0, 0.4, 0.2, 0.2, 0.2, 0, 0, 0, 0.0]))  # 0.8 / 0.2, nothing before
+    assert first.unit_index == 0 and first.confidence == pytest.approx(0.8)
+    second = mapper.map(torch.tensor([0, 0.3, 0.2, 0.2, 0.3, 0, 0, 0, 0.0]))  # raw 0.7 / 0.3
+    # reference = first token's raw shares (0.8, 0.2): 0.875 vs 1.5
+    assert second.unit_index == 1
+
+
+def test_row_without_unit_mass_maps_to_nothing():
+    index = UnitIndex(_units())
+    m = TokenMapper(index, MappingConfig()).map(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    assert m.unit_index == -1 and m.confidence == 0.0
