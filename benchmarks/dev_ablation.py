@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from omnitrace_core import Tracer, TracerConfig
-from omnitrace_core.config import CurationConfig, MappingConfig
 from omnitrace_core.signals import get_signal
 from omnitrace_core.sources import build_prompt, validate_sources
 
@@ -54,12 +52,19 @@ def word_match(row: dict[str, Any], pred: dict[str, Any]) -> dict[str, Any]:
         overlaps = {s["id"]: len(sw & words(s["text"])) for s in sources}
         best = max(overlaps.values()) if overlaps else 0
         cited = [sid for sid, n in overlaps.items() if best > 0 and n == best]
-        out.append({**sent, "citations": [{"source_id": sid, "score": 1.0} for sid in cited],
-                    "source_mass": {sid: n / max(1, sum(overlaps.values())) for sid, n in overlaps.items()}})
+        out.append(
+            {
+                **sent,
+                "citations": [{"source_id": sid, "score": 1.0} for sid in cited],
+                "source_mass": {sid: n / max(1, sum(overlaps.values())) for sid, n in overlaps.items()},
+            }
+        )
     return {**pred, "sentences": out}
 
 
-def score_by_task(scorer: Any, rows: list[dict[str, Any]], preds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def score_by_task(
+    scorer: Any, rows: list[dict[str, Any]], preds: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     result = {"all": scorer.score(rows, preds)}
     for task in sorted({r["task"] for r in rows}):
         result[task] = scorer.score([r for r in rows if r["task"] == task], preds)
@@ -106,8 +111,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     scorer = load_scorer()
-    rows = [json.loads(line) for line in open(args.data) if line.strip()]
-    generated = {json.loads(line)["id"]: json.loads(line) for line in open(args.pred) if line.strip()}
+    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+    generated = {
+        json.loads(line)["id"]: json.loads(line) for line in Path(args.pred).read_text().splitlines() if line.strip()
+    }
     tracer = Tracer.from_default()
     results: dict[str, Any] = {}
     wanted = set(args.only.split(",")) if args.only else None
@@ -120,7 +127,9 @@ def main() -> None:
         saved = torch.load(cache_file, weights_only=False) if cache_file and cache_file.exists() else {}
         for row in rows:
             response = row.get("response") or generated[row["id"]]["text"]
-            srcs = validate_sources([{k: s[k] for k in ("id", "text", "title") if k in s} for s in row["sources"]])
+            srcs = validate_sources(
+                [{k: s[k] for k in ("id", "text", "title") if k in s} for s in row["sources"]]
+            )
             layout = build_prompt(tracer.tokenizer, srcs, row["question"], TracerConfig().system_prompt)
             if row["id"] in saved:
                 forced = saved[row["id"]]
@@ -150,16 +159,21 @@ def main() -> None:
             key = f"{signal_name}/{name}"
             results[key] = score_by_task(scorer, rows, preds)
             s = results[key]
-            print(f"{key:32s} all {s['all']['sentence_f1_micro']:.3f} (P {s['all']['sentence_precision']:.3f} "
-                  f"R {s['all']['sentence_recall']:.3f}) forced {s['teacher_forced']['sentence_f1_micro']:.3f} "
-                  f"qa1 {s['qa_single']['sentence_f1_micro']:.3f} qa2 {s['qa_multi']['sentence_f1_micro']:.3f} "
-                  f"sum {s['summary']['sentence_f1_micro']:.3f} mcq {s['mcq']['sentence_f1_micro']:.3f} "
-                  f"opt {s['mcq']['option_consistency']}", flush=True)
+            print(
+                f"{key:32s} all {s['all']['sentence_f1_micro']:.3f} (P {s['all']['sentence_precision']:.3f} "
+                f"R {s['all']['sentence_recall']:.3f}) forced {s['teacher_forced']['sentence_f1_micro']:.3f} "
+                f"qa1 {s['qa_single']['sentence_f1_micro']:.3f} qa2 {s['qa_multi']['sentence_f1_micro']:.3f} "
+                f"sum {s['summary']['sentence_f1_micro']:.3f} mcq {s['mcq']['sentence_f1_micro']:.3f} "
+                f"opt {s['mcq']['option_consistency']}",
+                flush=True,
+            )
     if baseline_preds:
         results["baseline/word-match"] = score_by_task(scorer, rows, baseline_preds)
         s = results["baseline/word-match"]
-        print(f"{'baseline/word-match':32s} all {s['all']['sentence_f1_micro']:.3f} forced "
-              f"{s['teacher_forced']['sentence_f1_micro']:.3f}")
+        print(
+            f"{'baseline/word-match':32s} all {s['all']['sentence_f1_micro']:.3f} forced "
+            f"{s['teacher_forced']['sentence_f1_micro']:.3f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -52,7 +52,9 @@ class SentenceAssembler:
         self.errors: list[str] = []
         self._committed = 0  # answer chars already assigned to committed sentences
 
-    def add(self, text: str, token: str, start: int, end: int, mapping: TokenMapping) -> list[SentenceAttribution]:
+    def add(
+        self, text: str, token: str, start: int, end: int, mapping: TokenMapping
+    ) -> list[SentenceAttribution]:
         """Add one token (``text`` is the whole answer so far); return newly completed sentences."""
         self.text = text
         self.tokens.append(_Token(len(self.tokens), token, start, end, mapping))

@@ -151,7 +151,15 @@ def _traced_attention(
     if session is not None and session.grad_mode:
         return _in_graph_attention(session, module, query, key, value, attention_mask, scaling)
     out = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=dropout,
+        scaling=scaling,
+        is_causal=is_causal,
+        **kwargs,
     )
     if session is not None:
         with torch.no_grad():

@@ -56,6 +56,7 @@ class Chunker:
         with cls._lock:
             if not cls._tried:
                 cls._tried = True
+                spacy: Any
                 try:
                     import spacy
                 except ImportError:

@@ -19,7 +19,9 @@ from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.results import TracedAnswer
 from omnitrace_core.sources import TextSource
 
-app = typer.Typer(help="Generation-time source attribution (OmniTrace) on local models.", no_args_is_help=True)
+app = typer.Typer(
+    help="Generation-time source attribution (OmniTrace) on local models.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -55,7 +57,7 @@ def _tracer(model: str, signal: str, correction: str | None = None, threads: int
 
     if threads:
         torch.set_num_threads(threads)
-    mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()  # type: ignore[arg-type]
+    mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()
     return Tracer.from_pretrained(model, config=TracerConfig(signal=signal, mapping=mapping))
 
 
@@ -76,7 +78,10 @@ def render(answer: TracedAnswer, out: Console = console) -> None:
     table.add_column("cited by sentences")
     for src in answer.sources:
         cited = [
-            f"{s.index}({c.score:.2f})" for s in answer.sentences for c in s.citations if c.source_id == src.id
+            f"{s.index}({c.score:.2f})"
+            for s in answer.sentences
+            for c in s.citations
+            if c.source_id == src.id
         ]
         table.add_row(Text(src.id, style=colour[src.id]), src.title or "", ", ".join(cited) or "-")
     out.print(table)

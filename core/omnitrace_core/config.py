@@ -128,6 +128,4 @@ class TracerConfig(BaseModel):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     split_sources: bool = False
-    system_prompt: str = (
-        "You are a helpful assistant. Answer the question using only the numbered sources."
-    )
+    system_prompt: str = "You are a helpful assistant. Answer the question using only the numbered sources."

@@ -42,8 +42,7 @@ def pos_weight(pos: str, config: CurationConfig) -> float:
 def unit_votes(tokens: Sequence[TokenVote], config: CurationConfig) -> dict[int, float]:
     """Normalised vote per unit after POS weighting, confidence^gamma and run coherence."""
     weights = [
-        pos_weight(t.pos, config) * (t.confidence**config.gamma) if t.unit_index >= 0 else 0.0
-        for t in tokens
+        pos_weight(t.pos, config) * (t.confidence**config.gamma) if t.unit_index >= 0 else 0.0 for t in tokens
     ]
     total = sum(weights)
     if total <= 0:

@@ -131,7 +131,7 @@ def _gguf_path(entry: PackagedModel) -> Path:
     with os.fdopen(fd, "wb") as out:
         for part in parts:
             with part.open("rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                while block := f.read(1 << 22):
                     digest.update(block)
                     out.write(block)
     if entry.sha256 and digest.hexdigest() != entry.sha256:
@@ -152,10 +152,10 @@ def _convert_to_cache(entry: PackagedModel, gguf: Path, final: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model only saves once it no longer claims to be quantised.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - typed as a Module attribute by torch
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.is_quantized = False
+    setattr(model, "is_quantized", False)  # noqa: B010
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
@@ -177,7 +177,9 @@ def _load_folder(path: Path | str, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs.setdefault("dtype", torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=kwargs.get("local_files_only", False))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), local_files_only=kwargs.get("local_files_only", False)
+    )
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     return model, tokenizer
 

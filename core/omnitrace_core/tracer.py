@@ -303,7 +303,9 @@ class Tracer:
                 "Shorten or drop sources, or lower max_new_tokens."
             )
 
-    def _new_assembler(self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig) -> SentenceAssembler:
+    def _new_assembler(
+        self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig
+    ) -> SentenceAssembler:
         return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation)
 
     def _stream_attention(
@@ -400,7 +402,7 @@ class Tracer:
             mode="generate",
             prompt_tokens=prompt_len,
             generated_tokens=step,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=finish,
             config=cfg.model_dump(mode="json"),
             errors=assembler.errors,
             timings=timings,
@@ -459,7 +461,9 @@ class Tracer:
         if not final_text.strip():
             answer = self._empty_answer(srcs, layout, cfg, finish)
         else:
-            answer = self._attribute_layout(srcs, layout, final_text, cfg, mode="generate", finish_reason=finish)
+            answer = self._attribute_layout(
+                srcs, layout, final_text, cfg, mode="generate", finish_reason=finish
+            )
         for sentence in answer.sentences:
             yield SentenceEvent(sentence=sentence)
         yield FinalEvent(answer=answer)
@@ -478,7 +482,7 @@ class Tracer:
             mode="generate",
             prompt_tokens=len(layout.input_ids),
             generated_tokens=0,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=finish,
             config=cfg.model_dump(mode="json"),
         )
 
@@ -558,15 +562,17 @@ class Tracer:
             sources=assembler.source_infos(),
             model=self.loaded.name,
             signal=forced.signal,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             prompt_tokens=len(layout.input_ids),
             generated_tokens=len(forced.token_ids),
-            finish_reason=finish_reason,  # type: ignore[arg-type]
+            finish_reason=finish_reason,
             config=cfg.model_dump(mode="json"),
             errors=assembler.errors,
         )
 
-    def _gradient_rows(self, signal: Signal, ids: torch.Tensor, positions: list[int]) -> dict[int, torch.Tensor]:
+    def _gradient_rows(
+        self, signal: Signal, ids: torch.Tensor, positions: list[int]
+    ) -> dict[int, torch.Tensor]:
         """Rows of ``reduce(attention * d logp / d attention)`` for each query position."""
         session = CaptureSession(signal, self.loaded.num_layers, grad_mode=True)
         with capturing(session), torch.enable_grad():

@@ -95,7 +95,7 @@ def generation_end_attributes(
         A.OMNITRACE_CITED_SOURCE_IDS: answer.cited_source_ids,
     }
     if answer.finish_reason is not None:
-        attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [answer.finish_reason]
+        attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [str(answer.finish_reason)]
     if answer.errors:
         attrs[A.OMNITRACE_ERRORS] = list(answer.errors)
     for key, seconds in answer.timings.items():

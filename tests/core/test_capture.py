@@ -59,8 +59,13 @@ def test_decode_rows_match_eager_over_the_full_sequence(model):
     prompt = torch.randint(0, 300, (1, 12))
     session = CaptureSession(AttMean(), 3, prefill_positions=[11])
     with capturing(session), torch.no_grad():
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
-                             do_sample=False, pad_token_id=0)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )
     full = out[:, :-1]  # the last token is never used as a query
     eager = _eager_attentions(model, full)
     mean = torch.stack([a for a in eager]).mean(0).mean(0)  # (N, N) mean over layers and heads

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from omnitrace_core.cli import app
 from typer.testing import CliRunner
 
-SCORER = Path(__file__).resolve().parents[3] / "shared" / "bench" / "score.py"
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +20,32 @@ def model_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
     return path
 
 
-def test_predict_writes_scorable_rows_and_names_bad_lines(tmp_path, model_dir):
-    good = {"id": "r1", "task": "qa_single", "question": "Where?",
-            "sources": [{"id": "doc1", "modality": "text", "title": "A", "text": "A is in Bay.", "keys": ["A"]}],
-            "gold_sources": ["doc1"]}
-    forced = {"id": "r2", "task": "teacher_forced", "question": "Where?", "response": "A is in Bay.",
-              "sources": good["sources"],
-              "response_sentences": [{"text": "A is in Bay.", "start": 0, "end": 12, "gold_sources": ["doc1"]}]}
+def test_predict_writes_scorable_rows_and_names_bad_lines(tmp_path, model_dir, bench_dir):
+    good = {
+        "id": "r1",
+        "task": "qa_single",
+        "question": "Where?",
+        "sources": [{"id": "doc1", "modality": "text", "title": "A", "text": "A is in Bay.", "keys": ["A"]}],
+        "gold_sources": ["doc1"],
+    }
+    forced = {
+        "id": "r2",
+        "task": "teacher_forced",
+        "question": "Where?",
+        "response": "A is in Bay.",
+        "sources": good["sources"],
+        "response_sentences": [{"text": "A is in Bay.", "start": 0, "end": 12, "gold_sources": ["doc1"]}],
+    }
     data = tmp_path / "data.jsonl"
     data.write_bytes(
         (json.dumps(good) + "\n{not json\n" + json.dumps({"id": "x"}) + "\n").encode()
-        + b"\xff\xfe\n" + (json.dumps(forced) + "\n").encode()
+        + b"\xff\xfe\n"
+        + (json.dumps(forced) + "\n").encode()
     )
     out = tmp_path / "pred.jsonl"
-    result = CliRunner().invoke(app, ["predict", str(data), "--out", str(out), "--model", str(model_dir),
-                                      "--max-new-tokens", "8"])
+    result = CliRunner().invoke(
+        app, ["predict", str(data), "--out", str(out), "--model", str(model_dir), "--max-new-tokens", "8"]
+    )
     assert result.exit_code == 1, result.output  # some rows were skipped
     assert ":2: invalid JSON" in result.output
     assert ":3: row is missing 'sources'" in result.output
@@ -47,25 +56,44 @@ def test_predict_writes_scorable_rows_and_names_bad_lines(tmp_path, model_dir):
     # the reference scorer accepts the file (scored against the valid rows)
     clean = tmp_path / "clean.jsonl"
     clean.write_text(json.dumps(good) + "\n" + json.dumps(forced) + "\n")
-    proc = subprocess.run([sys.executable, str(SCORER), str(clean), str(out), "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(bench_dir / "score.py"), str(clean), str(out), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(proc.stdout)["missing_predictions"] == 0
 
 
 def test_run_prints_json(tmp_path, model_dir):
     src = tmp_path / "sources.json"
     src.write_text(json.dumps([{"id": "a", "text": "The tower is 42 metres tall."}]))
-    result = CliRunner().invoke(app, ["run", "--sources", str(src), "--question", "How tall?", "--model",
-                                      str(model_dir), "--max-new-tokens", "6", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--sources",
+            str(src),
+            "--question",
+            "How tall?",
+            "--model",
+            str(model_dir),
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output[result.output.index("{"):])
+    payload = json.loads(result.output[result.output.index("{") :])
     assert payload["sources"][0]["id"] == "a"
 
 
 def test_run_rejects_bad_sources_file(tmp_path, model_dir):
     src = tmp_path / "sources.json"
     src.write_bytes(b"\xff\xfe[]")
-    result = CliRunner().invoke(app, ["run", "--sources", str(src), "--question", "q", "--model", str(model_dir)])
+    result = CliRunner().invoke(
+        app, ["run", "--sources", str(src), "--question", "q", "--model", str(model_dir)]
+    )
     assert result.exit_code == 2
     assert "not UTF-8" in result.output
 

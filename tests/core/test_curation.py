@@ -11,8 +11,22 @@ CFG = CurationConfig(min_relative=0.0)  # exactly the paper's rules (our extra k
 
 
 def test_paper_pos_weights():
-    expected = {"NOUN": 1.0, "PROPN": 1.0, "NUM": 1.0, "VERB": 0.9, "ADJ": 0.8, "ADV": 0.5, "AUX": 0.1,
-                "PRON": 0.1, "DET": 0.1, "ADP": 0.1, "CCONJ": 0.1, "SCONJ": 0.1, "PART": 0.1, "PUNCT": 0.0}
+    expected = {
+        "NOUN": 1.0,
+        "PROPN": 1.0,
+        "NUM": 1.0,
+        "VERB": 0.9,
+        "ADJ": 0.8,
+        "ADV": 0.5,
+        "AUX": 0.1,
+        "PRON": 0.1,
+        "DET": 0.1,
+        "ADP": 0.1,
+        "CCONJ": 0.1,
+        "SCONJ": 0.1,
+        "PART": 0.1,
+        "PUNCT": 0.0,
+    }
     for tag, w in expected.items():
         assert pos_weight(tag, CFG) == w
     assert pos_weight("INTJ", CFG) == 0.3  # any other tag
@@ -50,7 +64,9 @@ def test_coverage_takes_sources_until_085():
 
 def test_p_min_drops_small_sources_even_if_coverage_not_reached():
     # u0 0.80, u1 0.14 and u2 0.06 by vote: u2 is under p_min = 0.07.
-    tokens = [TokenVote(0, 1.0, "NOUN")] * 40 + [TokenVote(1, 1.0, "NOUN")] * 7 + [TokenVote(2, 1.0, "NOUN")] * 3
+    tokens = (
+        [TokenVote(0, 1.0, "NOUN")] * 40 + [TokenVote(1, 1.0, "NOUN")] * 7 + [TokenVote(2, 1.0, "NOUN")] * 3
+    )
     chosen = curate(tokens, CFG.model_copy(update={"run_min": 0.0}))
     assert [u for u, _ in chosen] == [0, 1]
 

@@ -12,8 +12,26 @@ from omnitrace_core.sources import SourceUnit
 def _units():
     # positions 0 (sink) | 1-3 unit a | 4-6 unit b | 7-8 scaffolding
     return [
-        SourceUnit(unit_id="a", source_id="a", index=0, text="A", char_start=0, char_end=1, token_start=1, token_end=4),
-        SourceUnit(unit_id="b", source_id="b", index=0, text="B", char_start=0, char_end=1, token_start=4, token_end=7),
+        SourceUnit(
+            unit_id="a",
+            source_id="a",
+            index=0,
+            text="A",
+            char_start=0,
+            char_end=1,
+            token_start=1,
+            token_end=4,
+        ),
+        SourceUnit(
+            unit_id="b",
+            source_id="b",
+            index=0,
+            text="B",
+            char_start=0,
+            char_end=1,
+            token_start=4,
+            token_end=7,
+        ),
     ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from omnitrace_core import FinalEvent, SentenceEvent, TextSource, Tracer
@@ -11,12 +10,21 @@ from omnitrace_core.models import CACHE_ENV, load_model
 
 pytestmark = pytest.mark.model
 
-DEV = Path(__file__).resolve().parents[3] / "shared" / "bench" / "dev.jsonl"
 
 SOURCES = [
-    TextSource(id="harbor", title="Harbor", text="Port Veltra's harbor was dredged in 1911 so that steamships could dock."),
-    TextSource(id="lighthouse", title="Lighthouse", text="The Veltra lighthouse stands 42 metres tall on Gannet Point."),
-    TextSource(id="market", title="Market", text="The fish market of Port Veltra opens at five in the morning."),
+    TextSource(
+        id="harbor",
+        title="Harbor",
+        text="Port Veltra's harbor was dredged in 1911 so that steamships could dock.",
+    ),
+    TextSource(
+        id="lighthouse",
+        title="Lighthouse",
+        text="The Veltra lighthouse stands 42 metres tall on Gannet Point.",
+    ),
+    TextSource(
+        id="market", title="Market", text="The fish market of Port Veltra opens at five in the morning."
+    ),
 ]
 
 
@@ -36,16 +44,21 @@ def test_forced_sentences_cite_their_source(default_tracer):
     assert [s.citations[0].source_id for s in answer.sentences] == ["lighthouse", "harbor"]
 
 
-def test_forced_dev_rows(default_tracer):
-    rows = [json.loads(line) for line in DEV.read_text().splitlines() if line.strip()]
+def test_forced_dev_rows(default_tracer, bench_dir):
+    dev = bench_dir / "dev.jsonl"
+    rows = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
     forced = [r for r in rows if r["task"] == "teacher_forced"][:3]
     hits = total = 0
     for row in forced:
         srcs = [{k: s[k] for k in ("id", "text", "title")} for s in row["sources"]]
         answer = default_tracer.attribute(srcs, row["question"], row["response"])
         for gold in row["response_sentences"]:
-            got = {c.source_id for s in answer.sentences
-                   if s.char_start < gold["end"] and s.char_end > gold["start"] for c in s.citations}
+            got = {
+                c.source_id
+                for s in answer.sentences
+                if s.char_start < gold["end"] and s.char_end > gold["start"]
+                for c in s.citations
+            }
             hits += set(gold["gold_sources"]) == got
             total += 1
     assert hits >= total - 1

@@ -7,12 +7,39 @@ from omnitrace_core.results import Citation, SentenceAttribution, TracedAnswer
 
 
 def _answer() -> TracedAnswer:
-    cite = Citation(source_id="doc1", unit_id="doc1", score=0.9, cited_text="Hello there.", char_start=0,
-                    char_end=12, title="T", metadata={"k": [1, 2]})
-    sent = SentenceAttribution(index=0, text="Hi.", char_start=0, char_end=3, token_start=0, token_end=2,
-                               citations=[cite], source_mass={"doc1": 0.9, "doc2": 0.1}, grounded=True)
-    return TracedAnswer(text="Hi.", sentences=[sent], tokens=[], sources=[], model="m", signal="attmean",
-                        mode="generate", prompt_tokens=10, generated_tokens=2, finish_reason="stop")
+    cite = Citation(
+        source_id="doc1",
+        unit_id="doc1",
+        score=0.9,
+        cited_text="Hello there.",
+        char_start=0,
+        char_end=12,
+        title="T",
+        metadata={"k": [1, 2]},
+    )
+    sent = SentenceAttribution(
+        index=0,
+        text="Hi.",
+        char_start=0,
+        char_end=3,
+        token_start=0,
+        token_end=2,
+        citations=[cite],
+        source_mass={"doc1": 0.9, "doc2": 0.1},
+        grounded=True,
+    )
+    return TracedAnswer(
+        text="Hi.",
+        sentences=[sent],
+        tokens=[],
+        sources=[],
+        model="m",
+        signal="attmean",
+        mode="generate",
+        prompt_tokens=10,
+        generated_tokens=2,
+        finish_reason="stop",
+    )
 
 
 def test_json_round_trip_is_lossless():
@@ -27,9 +54,20 @@ def test_results_are_frozen():
 
 def test_prediction_row_format():
     row = _answer().to_prediction("r1")
-    assert row == {"id": "r1", "text": "Hi.", "sentences": [
-        {"text": "Hi.", "start": 0, "end": 3, "citations": [{"source_id": "doc1", "score": 0.9}],
-         "source_mass": {"doc1": 0.9, "doc2": 0.1}, "grounded": True}]}
+    assert row == {
+        "id": "r1",
+        "text": "Hi.",
+        "sentences": [
+            {
+                "text": "Hi.",
+                "start": 0,
+                "end": 3,
+                "citations": [{"source_id": "doc1", "score": 0.9}],
+                "source_mass": {"doc1": 0.9, "doc2": 0.1},
+                "grounded": True,
+            }
+        ],
+    }
 
 
 def test_views():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from omnitrace_core.errors import InvalidInputError
 from omnitrace_core.sources import TextSource, build_prompt, split_into_sentences, validate_sources
@@ -20,7 +22,7 @@ def test_duplicate_ids_are_named():
 def test_empty_id_and_text_are_named():
     with pytest.raises(InvalidInputError, match="source #0"):
         validate_sources([{"id": " ", "text": "x"}])
-    with pytest.raises(InvalidInputError, match="source #1 \\('b'\\).*empty"):
+    with pytest.raises(InvalidInputError, match=r"source #1 \('b'\).*empty"):
         validate_sources([{"id": "a", "text": "x"}, {"id": "b", "text": "  "}])
 
 
@@ -42,7 +44,7 @@ def test_unit_token_spans_cover_their_text(tiny_tokenizer, sources):
         assert src.text in decoded and f"[{src.id}]" in decoded
         assert unit.text == src.text[unit.char_start : unit.char_end]
     spans = [(u.token_start, u.token_end) for u in layout.units]
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # disjoint, ordered
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # disjoint, ordered
     question_text = tiny_tokenizer.decode([layout.input_ids[p] for p in layout.reference_positions])
     assert "How tall is the lighthouse?" in question_text
     assert layout.reference_positions[0] == layout.units[-1].token_end

@@ -51,7 +51,10 @@ def test_attribute_forced_response(tiny_tracer, sources):
     response = "The lighthouse stands 42 metres tall. It was founded in 1905."
     answer = tiny_tracer.attribute(sources, Q, response)
     assert answer.mode == "attribute" and answer.text == response
-    assert [s.text for s in answer.sentences] == ["The lighthouse stands 42 metres tall.", "It was founded in 1905."]
+    assert [s.text for s in answer.sentences] == [
+        "The lighthouse stands 42 metres tall.",
+        "It was founded in 1905.",
+    ]
     assert "".join(t.token for t in answer.tokens) == response
 
 
@@ -84,7 +87,7 @@ def test_bad_inputs_are_named(tiny_tracer, sources):
         tiny_tracer.generate(sources, "")
     with pytest.raises(InvalidInputError, match="response is empty"):
         tiny_tracer.attribute(sources, Q, " ")
-    with pytest.raises(UnknownNameError, match="unknown signal 'nope'.*attmean"):
+    with pytest.raises(UnknownNameError, match=r"unknown signal 'nope'.*attmean"):
         tiny_tracer.generate(sources, Q, config=TracerConfig(signal="nope"))
     with pytest.raises(InvalidInputError, match="beam"):
         tiny_tracer.generate(sources, Q, num_beams=2)
@@ -125,8 +128,10 @@ def test_two_threads_on_one_tracer_do_not_mix(tiny_tracer, sources):
     def run(name, srcs, q):
         got[name] = tiny_tracer.generate(srcs, q, max_new_tokens=12)
 
-    ts = [threading.Thread(target=run, args=("a", sources, Q)),
-          threading.Thread(target=run, args=("b", sources[:2], "Who founded it?"))]
+    ts = [
+        threading.Thread(target=run, args=("a", sources, Q)),
+        threading.Thread(target=run, args=("b", sources[:2], "Who founded it?")),
+    ]
     for t in ts:
         t.start()
     for t in ts:
