@@ -108,9 +108,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dev_ablation.json"))
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     ap.add_argument("--cache-dir", default=None, help="keep forced rows here between runs")
+    ap.add_argument("--score-only", action="store_true",
+                    help="only score --pred per task with the reference scorer and write --out")
     args = ap.parse_args()
     torch.set_num_threads(2)
     scorer = load_scorer()
+    if args.score_only:
+        data = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+        preds = {json.loads(line)["id"]: json.loads(line) for line in Path(args.pred).read_text().splitlines() if line.strip()}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(score_by_task(scorer, data, preds), indent=1))
+        return
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     generated = {
         json.loads(line)["id"]: json.loads(line) for line in Path(args.pred).read_text().splitlines() if line.strip()

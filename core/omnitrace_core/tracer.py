@@ -165,7 +165,10 @@ class Tracer:
         arguments go to ``model.generate``.
         """
         final: TracedAnswer | None = None
-        for event in self.stream(sources, question, config=config, **generation_kwargs):
+        # Decode in the caller's thread: a worker thread would get its own malloc arena, which
+        # measurably raised peak memory (benchmarks/overhead.py). Events are then processed
+        # exactly as in stream(), so both return identical results.
+        for event in self._run_events(sources, question, config, generation_kwargs, threaded=False):
             if isinstance(event, FinalEvent):
                 final = event.answer
         assert final is not None
@@ -181,6 +184,16 @@ class Tracer:
     ) -> Iterator[StreamEvent]:
         """Yield :class:`TextDelta` per token, :class:`SentenceEvent` per completed sentence, then
         one :class:`FinalEvent` carrying the whole result."""
+        return self._run_events(sources, question, config, generation_kwargs, threaded=True)
+
+    def _run_events(
+        self,
+        sources: SourcesArg,
+        question: str,
+        config: TracerConfig | None,
+        generation_kwargs: dict[str, Any],
+        threaded: bool,
+    ) -> Iterator[StreamEvent]:
         cfg = config or self.config
         try:
             signal = get_signal(cfg.signal)
@@ -193,9 +206,9 @@ class Tracer:
             raise
         info = self._info("chat", srcs, question, layout, signal, gen)
         inner = (
-            self._stream_gradient_signal(srcs, question, layout, cfg, gen)
+            self._stream_gradient_signal(srcs, question, layout, cfg, gen, threaded)
             if signal.needs_gradients
-            else self._stream_attention(srcs, layout, cfg, signal, gen)
+            else self._stream_attention(srcs, layout, cfg, signal, gen, threaded)
         )
         yield from self._observed(info, inner)
 
@@ -315,6 +328,7 @@ class Tracer:
         cfg: TracerConfig,
         signal: Signal,
         gen: dict[str, Any],
+        threaded: bool,
     ) -> Iterator[StreamEvent]:
         t0 = time.perf_counter()
         prompt_len = len(layout.input_ids)
@@ -342,7 +356,10 @@ class Tracer:
                 streamer.end()
 
         worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
-        worker.start()
+        if threaded:
+            worker.start()
+        else:  # decode now, in this thread; the loop below drains the finished queue
+            work()
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None
@@ -379,7 +396,8 @@ class Tracer:
                 yield TextDelta(text=delta, token_index=len(ids) - 1)
             for sentence in done:
                 yield SentenceEvent(sentence=sentence)
-        worker.join()
+        if threaded:
+            worker.join()
         if failure:
             raise failure[0]
         final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -416,6 +434,7 @@ class Tracer:
         layout: PromptLayout,
         cfg: TracerConfig,
         gen: dict[str, Any],
+        threaded: bool,
     ) -> Iterator[StreamEvent]:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
         streamer = _TokenQueue()
@@ -438,7 +457,10 @@ class Tracer:
                 streamer.end()
 
         worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
-        worker.start()
+        if threaded:
+            worker.start()
+        else:  # decode now, in this thread; the loop below drains the finished queue
+            work()
         special = set(self.tokenizer.all_special_ids)
         ids: list[int] = []
         text = ""
@@ -452,7 +474,8 @@ class Tracer:
             if not new_text.endswith("\ufffd") and new_text != text:
                 yield TextDelta(text=new_text[len(text) :], token_index=len(ids) - 1)
                 text = new_text
-        worker.join()
+        if threaded:
+            worker.join()
         if failure:
             raise failure[0]
         final_text = self.tokenizer.decode(ids, skip_special_tokens=True)

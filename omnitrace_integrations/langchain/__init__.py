@@ -21,6 +21,13 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     ) from exc
 
 if TYPE_CHECKING:
+    from omnitrace_core.grounding import (
+        GroundingThresholds,
+        GroundingVerdict,
+        SentenceVerdict,
+        assess_grounding,
+    )
+
     from omnitrace_integrations.langchain.callbacks import CitedRun, OmniTraceCallbackHandler
     from omnitrace_integrations.langchain.chat_model import CITATION_EVENT, ChatOmniTrace
     from omnitrace_integrations.langchain.citations import (
@@ -32,12 +39,6 @@ if TYPE_CHECKING:
     )
     from omnitrace_integrations.langchain.grounding import GroundingCheck, UngroundedAnswerError
     from omnitrace_integrations.langchain.messages import UnsupportedContentError
-    from omnitrace_integrations.langchain.verdict import (
-        GroundingThresholds,
-        GroundingVerdict,
-        SentenceVerdict,
-        assess_grounding,
-    )
 
 _EXPORTS: dict[str, str] = {
     "ChatOmniTrace": "chat_model",
@@ -52,10 +53,10 @@ _EXPORTS: dict[str, str] = {
     "GroundingCheck": "grounding",
     "UngroundedAnswerError": "grounding",
     "UnsupportedContentError": "messages",
-    "GroundingThresholds": "verdict",
-    "GroundingVerdict": "verdict",
-    "SentenceVerdict": "verdict",
-    "assess_grounding": "verdict",
+    "GroundingThresholds": "omnitrace_core.grounding",
+    "GroundingVerdict": "omnitrace_core.grounding",
+    "SentenceVerdict": "omnitrace_core.grounding",
+    "assess_grounding": "omnitrace_core.grounding",
 }
 
 __all__ = [
@@ -82,7 +83,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
 

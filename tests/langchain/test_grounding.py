@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage
 from omnitrace_core import TextSource
+from omnitrace_core.grounding import content_words
 
 from omnitrace_integrations.langchain import (
     ChatOmniTrace,
@@ -15,7 +16,6 @@ from omnitrace_integrations.langchain import (
     UngroundedAnswerError,
     assess_grounding,
 )
-from omnitrace_integrations.langchain.verdict import content_words
 from tests.langchain.conftest import FakeTracer, build_answer
 
 SOURCES = [

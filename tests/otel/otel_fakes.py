@@ -154,6 +154,12 @@ class FakeTracer(Tracer):
         info = self._info("chat", question, request)
         yield from self._observed(info, self._events(self.answer))
 
+    def _run_events(  # type: ignore[override]
+        self, sources: Any, question: str, config: Any, generation_kwargs: dict[str, Any], threaded: bool
+    ) -> Iterator[StreamEvent]:
+        # Tracer.generate() runs the event pipeline directly (no worker thread); replay instead.
+        return self.stream(sources, question, config=config, **generation_kwargs)
+
     def attribute(self, sources: Any, question: str, response: str, *, config: Any = None) -> TracedAnswer:
         answer = make_answer(mode="attribute")
         final = None

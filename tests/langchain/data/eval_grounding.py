@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 from omnitrace_core import Tracer
-
-from omnitrace_integrations.langchain.verdict import (
+from omnitrace_core.grounding import (
     GroundingThresholds,
     assess_grounding,
     content_words,

@@ -1,8 +1,8 @@
 """A framework-free grounding verdict per sentence: supported / weak / unsupported.
 
-This module imports only ``omnitrace_core`` and pydantic (no LangChain) and is meant to move
-into the core (``omnitrace_core.grounding``); the LangChain :class:`GroundingCheck` runnable
-is a thin layer over it.
+Framework-free (pydantic and the core's results only); the LangChain
+``omnitrace_integrations.langchain.GroundingCheck`` runnable is a thin layer over it, and any
+agent framework can call :func:`assess_grounding` directly.
 
 Two signals, both per answer sentence:
 
@@ -40,8 +40,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from omnitrace_core import SentenceAttribution, TracedAnswer
 from pydantic import BaseModel, ConfigDict, Field
+
+from omnitrace_core.results import SentenceAttribution, TracedAnswer
 
 Label = Literal["supported", "weak", "unsupported"]
 
