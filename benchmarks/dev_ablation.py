@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from omnitrace_core import Tracer, TracerConfig
 from omnitrace_core.signals import get_signal
 from omnitrace_core.sources import build_prompt, validate_sources

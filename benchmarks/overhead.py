@@ -3,6 +3,9 @@
 The naive route is what the paper's reference code does: eager attention with
 ``output_attentions=True`` (every layer's full attention matrix is materialised and kept).
 
+``plain_spacy`` is plain decoding in a process that also loaded the spaCy sentence splitter the
+tracer uses: traced / plain_spacy isolates what attention capture itself costs.
+
 Each measurement runs in its own process so peak memory (max RSS) is its own. Per prompt length
 (512 / 1k / 2k / 4k tokens) and mode, the model decodes exactly 64 new tokens (greedy,
 ``min_new_tokens`` = ``max_new_tokens``) three times; we report the median seconds and the
@@ -86,6 +89,10 @@ def worker(mode: str, length: int, new: int, repeats: int) -> dict:
         "pad_token_id": tok.eos_token_id,
     }
     tracer = None
+    if mode == "plain_spacy":  # plain decoding in a process that also holds the sentence splitter
+        from omnitrace_core.chunking import Chunker
+
+        Chunker().sentences("A warm-up sentence. And another one.")
     if mode == "traced":
         tracer = Tracer(model, tok, model_name="smollm2-135m")
     elif mode == "naive":
@@ -152,7 +159,7 @@ def main() -> None:
     )
     for length in [int(x) for x in args.lengths.split(",")]:
         row: dict = {}
-        for mode in ("plain", "traced", "naive"):
+        for mode in ("plain", "plain_spacy", "traced", "naive"):
             if mode == "naive" and length > args.naive_max:
                 row[mode] = None
                 continue

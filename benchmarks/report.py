@@ -31,13 +31,14 @@ def ablation_table(results: dict) -> list[str]:
 
 
 def overhead_table(results: dict) -> list[str]:
-    lines = ["| prompt tokens | plain s | traced s | naive s | time_ratio | memory_ratio | naive time | naive memory |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| prompt tokens | plain s | traced s | naive s | time_ratio | memory_ratio | memory vs plain+spaCy "
+             "| naive time | naive memory |", "|---|---|---|---|---|---|---|---|---|"]
     for _, e in results["lengths"].items():
         naive = e.get("naive") or {}
         lines.append("| " + " | ".join([
             str(e["prompt_tokens"]), _f(e["plain"]["median_s"]), _f(e["traced"]["median_s"]),
             _f(naive.get("median_s")), _f(e["time_ratio"]), _f(e["memory_ratio"]),
+            _f(e.get("capture_memory_ratio")),
             _f(e.get("naive_time_ratio")), _f(e.get("naive_memory_ratio"))]) + " |")
     lines.append("")
     lines.append("Peak RSS (MB): " + ", ".join(

@@ -16,11 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
-from omnitrace_core import TextSource, Tracer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from omnitrace_core import TextSource, Tracer
 from omnitrace_integrations.otel import OTelObserver
 
 SOURCES = [

@@ -58,8 +58,8 @@ CHROMIUM_FLAGS = [
 def run_traced_generation(url: str, project: str, max_new_tokens: int) -> Any:
     """Instrument, answer the question inside an app span, flush; return the answer."""
     import torch
-    from omnitrace_core import TextSource, Tracer
 
+    from omnitrace_core import TextSource, Tracer
     from omnitrace_integrations.otel import OmniTraceInstrumentor
     from omnitrace_integrations.otel.phoenix import otlp_tracer_provider
 

@@ -72,7 +72,23 @@ class SentenceAssembler:
             done.append(self._commit(self._committed + a, self._committed + b))
         if len(spans) > 1:
             self._committed += spans[-1][0]
+        # The last span is complete already if this token closed it with sentence-final
+        # punctuation: commit it now rather than one decode step later (citation latency).
+        # Not after a digit ("41." may become "41.5") nor for one or two words ("Dr."): wait.
+        tail = text[self._committed :]
+        last = tail.strip()
+        if (
+            spans
+            and _closes_sentence(token)
+            and len(last.split()) >= 3
+            and not last[-2:-1].isdigit()
+            and (spans[-1][1] - spans[-1][0]) == len(last)
+        ):
+            begin = self._committed + len(tail) - len(tail.lstrip())
+            done.append(self._commit(begin, begin + len(last)))
+            self._committed = len(text)
         return done
+
 
     def finish(self, text: str) -> list[SentenceAttribution]:
         """Commit whatever remains at the end of the answer."""
@@ -190,3 +206,9 @@ class SentenceAssembler:
             modality=unit.modality,
             metadata=dict(src.metadata),
         )
+
+
+def _closes_sentence(token: str) -> bool:
+    """True if the token ends with sentence-final punctuation (not an ellipsis)."""
+    stripped = token.rstrip()
+    return stripped.endswith((".", "!", "?")) and not stripped.endswith("...")

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
         SentenceVerdict,
         assess_grounding,
     )
-
     from omnitrace_integrations.langchain.callbacks import CitedRun, OmniTraceCallbackHandler
     from omnitrace_integrations.langchain.chat_model import CITATION_EVENT, ChatOmniTrace
     from omnitrace_integrations.langchain.citations import (

@@ -10,9 +10,9 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
-from omnitrace_core import TracedAnswer
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnitrace_core import TracedAnswer
 from omnitrace_integrations.langchain.citations import citations_by_sentence, traced_answer
 
 logger = logging.getLogger("omnitrace.langchain")

@@ -19,10 +19,10 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams, Langu
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
-from omnitrace_core.models import DEFAULT_MODEL
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
     answer_metadata,

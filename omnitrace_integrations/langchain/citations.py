@@ -17,8 +17,8 @@ from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.messages.content import Citation as LCCitation
 from langchain_core.messages.content import create_citation
-from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
 
+from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
 from omnitrace_integrations.langchain.messages import _json_safe
 
 __all__ = [

@@ -10,14 +10,14 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, conver
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
+from pydantic import ConfigDict, Field, model_validator
+
 from omnitrace_core import OmniTraceError
 from omnitrace_core.grounding import (
     GroundingThresholds,
     GroundingVerdict,
     assess_grounding,
 )
-from pydantic import ConfigDict, Field, model_validator
-
 from omnitrace_integrations.langchain.citations import traced_answer
 
 Mode = Literal["annotate", "raise", "retry"]

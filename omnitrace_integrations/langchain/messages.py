@@ -26,6 +26,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+
 from omnitrace_core import InvalidInputError, TextSource
 
 logger = logging.getLogger("omnitrace.langchain")

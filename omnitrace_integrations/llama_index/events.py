@@ -21,6 +21,7 @@ import llama_index.core.instrumentation as instrument
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span import active_span_id
 from llama_index_instrumentation.dispatcher import active_instrument_tags
+
 from omnitrace_core import SentenceAttribution, TracedAnswer
 
 dispatcher = instrument.get_dispatcher(__name__)

@@ -32,6 +32,8 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from pydantic import Field, PrivateAttr
+
 from omnitrace_core import (
     ContextLengthError,
     FinalEvent,
@@ -43,8 +45,6 @@ from omnitrace_core import (
     Tracer,
     TracerConfig,
 )
-from pydantic import Field, PrivateAttr
-
 from omnitrace_integrations.llama_index.events import AttributionSpan
 from omnitrace_integrations.llama_index.labels import SourceLabels
 from omnitrace_integrations.llama_index.sources import (

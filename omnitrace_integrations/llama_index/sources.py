@@ -24,8 +24,9 @@ from llama_index.core.base.llms.types import (
     VideoBlock,
 )
 from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, Node, NodeWithScore
-from omnitrace_core import InvalidInputError, TextSource
 from pydantic import BaseModel, ConfigDict, Field
+
+from omnitrace_core import InvalidInputError, TextSource
 
 logger = logging.getLogger("omnitrace.llama_index")
 

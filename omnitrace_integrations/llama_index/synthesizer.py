@@ -33,6 +33,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.response_synthesizers import BaseSynthesizer
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 from llama_index.core.types import RESPONSE_TEXT_TYPE
+
 from omnitrace_core import (
     ContextLengthError,
     SentenceAttribution,
@@ -41,7 +42,6 @@ from omnitrace_core import (
     TextSource,
     TracedAnswer,
 )
-
 from omnitrace_integrations.llama_index.llm import OmniTraceLLM, _to_async
 from omnitrace_integrations.llama_index.markers import MarkerPlacer
 from omnitrace_integrations.llama_index.sources import PreparedSources, prepare_node_sources

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+
 from omnitrace_core.observers import GenerationInfo, TraceObserver
 from omnitrace_core.results import SentenceAttribution, TracedAnswer
-
 from omnitrace_integrations.logging import events as E
 
 

@@ -17,11 +17,11 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
-from omnitrace_core.tracer import Tracer
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from omnitrace_core.tracer import Tracer
 from omnitrace_integrations.otel.observer import OTelObserver
 
 _METHODS = ("generate", "stream", "attribute")

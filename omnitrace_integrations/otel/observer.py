@@ -19,11 +19,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from omnitrace_core.observers import GenerationInfo, TraceObserver
-from omnitrace_core.results import SentenceAttribution, TracedAnswer
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from omnitrace_core.observers import GenerationInfo, TraceObserver
+from omnitrace_core.results import SentenceAttribution, TracedAnswer
 from omnitrace_integrations.otel import attributes as A
 from omnitrace_integrations.otel.content import content_capture_enabled
 from omnitrace_integrations.otel.spans import (

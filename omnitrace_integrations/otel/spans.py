@@ -12,7 +12,6 @@ from typing import Any
 
 from omnitrace_core.observers import GenerationInfo
 from omnitrace_core.results import SentenceAttribution, TracedAnswer
-
 from omnitrace_integrations.otel import attributes as A
 from omnitrace_integrations.otel.content import truncate
 

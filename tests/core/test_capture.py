@@ -6,10 +6,10 @@ import threading
 
 import pytest
 import torch
+
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import AttMean, RawAtt, Signal
-
 from tests.conftest import build_tiny_model
 
 

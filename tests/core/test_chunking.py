@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from omnitrace_core.chunking import Chunker
 
 TEXT = "  Valbrook Works employs 405 people. It was founded in 1905!\nThe end"

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from omnitrace_core.cli import app
 from typer.testing import CliRunner
 
+from omnitrace_core.cli import app
 
 
 @pytest.fixture(scope="module")

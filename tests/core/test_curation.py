@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from omnitrace_core.config import CurationConfig
 from omnitrace_core.curation import TokenVote, curate, pos_weight, unit_votes
-from pydantic import ValidationError
 
 CFG = CurationConfig(min_relative=0.0)  # exactly the paper's rules (our extra knob off)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from omnitrace_core.config import MappingConfig
 from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
 from omnitrace_core.sources import SourceUnit

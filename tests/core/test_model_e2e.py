@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from omnitrace_core import FinalEvent, SentenceEvent, TextSource, Tracer
 from omnitrace_core.models import CACHE_ENV, load_model
 

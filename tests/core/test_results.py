@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from omnitrace_core.results import Citation, SentenceAttribution, TracedAnswer
 
 

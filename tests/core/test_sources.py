@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from omnitrace_core.errors import InvalidInputError
 from omnitrace_core.sources import TextSource, build_prompt, split_into_sentences, validate_sources
 

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from omnitrace_core import (
     ContextLengthError,
     FinalEvent,
@@ -171,8 +172,9 @@ class Hanging(TraceObserver):
 
 
 def test_observers_are_isolated(tiny_model, tiny_tokenizer, sources):
-    from omnitrace_core import Tracer
     from structlog.testing import capture_logs
+
+    from omnitrace_core import Tracer
 
     rec, hang = Recorder(), Hanging()
     tracer = Tracer(tiny_model, tiny_tokenizer, observers=[Raising(), hang, rec])

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
+
 from omnitrace_core import TextSource
 from omnitrace_core.grounding import content_words
-
 from omnitrace_integrations.langchain import (
     ChatOmniTrace,
     GroundingCheck,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
+
 from omnitrace_core import (
     Citation,
     ContextLengthError,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from llamaindex_fakes import FakeTracer
-from omnitrace_core import TextSource, TracerConfig
 
+from omnitrace_core import TextSource, TracerConfig
 from omnitrace_integrations.llama_index.labels import SourceLabels
 
 

@@ -20,9 +20,9 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llamaindex_fakes import FakeTracer
-from omnitrace_core import ContextLengthError, TextSource, TracedAnswer
 from pydantic import Field
 
+from omnitrace_core import ContextLengthError, TextSource, TracedAnswer
 from omnitrace_integrations.llama_index import (
     OmniTraceAttributionEndEvent,
     OmniTraceLLM,

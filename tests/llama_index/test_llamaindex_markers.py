@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from llamaindex_fakes import FakeTracer
-from omnitrace_core import FinalEvent, SentenceEvent, TextDelta, TextSource
 
+from omnitrace_core import FinalEvent, SentenceEvent, TextDelta, TextSource
 from omnitrace_integrations.llama_index.markers import MarkerPlacer
 
 SOURCES = [

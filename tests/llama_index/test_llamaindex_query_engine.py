@@ -12,8 +12,8 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
 from llamaindex_fakes import FakeTracer
-from omnitrace_core import ContextLengthError
 
+from omnitrace_core import ContextLengthError
 from omnitrace_integrations.llama_index import (
     OmniTraceCitationQueryEngine,
     OmniTraceLLM,

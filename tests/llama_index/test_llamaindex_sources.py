@@ -12,8 +12,8 @@ from llama_index.core.base.llms.types import (
     TextBlock,
 )
 from llama_index.core.schema import ImageNode, NodeWithScore, TextNode
-from omnitrace_core import InvalidInputError
 
+from omnitrace_core import InvalidInputError
 from omnitrace_integrations.llama_index.sources import (
     coerce_sources,
     node_source,

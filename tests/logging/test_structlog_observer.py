@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import structlog
-from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
-from omnitrace_core.observers import GenerationInfo
 from structlog.testing import capture_logs
 
+from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
+from omnitrace_core.observers import GenerationInfo
 from omnitrace_integrations.logging import StructlogObserver, add_otel_context, events
 
 INFO = GenerationInfo(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from omnitrace_core.observers import GenerationInfo
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from omnitrace_core.observers import GenerationInfo
 from omnitrace_integrations.otel import OTelObserver
 from omnitrace_integrations.otel import attributes as A
 from tests.otel.otel_fakes import MODEL, SOURCES, FakeTracer, make_answer

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from omnitrace_core import Tracer
 
 pytest.importorskip("phoenix")

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from omnitrace_core import FinalEvent, Tracer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from structlog.testing import capture_logs
 
+from omnitrace_core import FinalEvent, Tracer
 from omnitrace_integrations.logging import StructlogObserver
 from omnitrace_integrations.otel import OmniTraceInstrumentor
 from omnitrace_integrations.otel import attributes as A

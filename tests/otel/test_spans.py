@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from omnitrace_core.observers import GenerationInfo
-
 from omnitrace_integrations.otel import attributes as A
 from omnitrace_integrations.otel.content import content_capture_enabled, truncate
 from omnitrace_integrations.otel.spans import (

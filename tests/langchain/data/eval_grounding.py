@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from omnitrace_core import Tracer
 from omnitrace_core.grounding import (
     GroundingThresholds,
