@@ -1,4 +1,4 @@
-"""Command line: ``omnitrace demo``, ``omnitrace run``, ``omnitrace predict``."""
+"""Command line: ``omnitrace demo``, ``omnitrace run``, ``omnitrace predict`` (+ ``score``, ``eval``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.text import Text
 from omnitrace_core.bench import RowError, answer_row, read_rows
 from omnitrace_core.config import MappingConfig, TracerConfig
 from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.evaluation import register as register_evaluation
 from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.results import TracedAnswer
 from omnitrace_core.sources import TextSource
@@ -190,6 +191,9 @@ def predict(
     err.print(f"wrote {len(rows) - failures} predictions to {out} ({failures} rows skipped)")
     if failures:
         raise typer.Exit(1)
+
+
+register_evaluation(app)  # omnitrace score / omnitrace eval
 
 
 def main() -> None:  # pragma: no cover - console entry

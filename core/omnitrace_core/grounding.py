@@ -196,9 +196,7 @@ class GroundingThresholds(BaseModel):
 
     def model_post_init(self, _context: object, /) -> None:
         if self.weak_min > self.supported_min:
-            raise ValueError(
-                f"weak_min ({self.weak_min}) must be <= supported_min ({self.supported_min})"
-            )
+            raise ValueError(f"weak_min ({self.weak_min}) must be <= supported_min ({self.supported_min})")
 
 
 class SentenceVerdict(BaseModel):
@@ -292,9 +290,7 @@ def _similarity(answer: TracedAnswer, text: str) -> tuple[float, str | None]:
     return best, best_id
 
 
-def assess_grounding(
-    answer: TracedAnswer, thresholds: GroundingThresholds | None = None
-) -> GroundingVerdict:
+def assess_grounding(answer: TracedAnswer, thresholds: GroundingThresholds | None = None) -> GroundingVerdict:
     """Judge each sentence of a traced answer: supported, weak or unsupported.
 
     Args:
