@@ -10,6 +10,7 @@ Three entry points share one pipeline:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import queue
 import threading
@@ -67,6 +68,62 @@ class _TokenQueue:
 
     def end(self) -> None:
         self.queue.put(None)
+
+
+class _Decoding:
+    """One ``model.generate`` call whose tokens arrive through a queue.
+
+    Threaded for :meth:`Tracer.stream` (the caller consumes while the model decodes); otherwise
+    it decodes at once in the caller's thread and :meth:`tokens` drains the finished queue
+    (a worker thread costs a second malloc arena: +150 MB peak at 2k tokens).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        gen: dict[str, Any],
+        session: CaptureSession | None,
+        threaded: bool,
+    ) -> None:
+        self.streamer = _TokenQueue()
+        self.failure: list[BaseException] = []
+        self._model, self._input_ids, self._gen, self._session = model, input_ids, gen, session
+        self._worker: threading.Thread | None = None
+        if threaded:
+            self._worker = threading.Thread(target=self._run, name="omnitrace-decode", daemon=True)
+            self._worker.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                if self._session is not None:
+                    stack.enter_context(capturing(self._session))
+                stack.enter_context(torch.no_grad())
+                self._model.generate(
+                    input_ids=self._input_ids,
+                    attention_mask=torch.ones_like(self._input_ids),
+                    streamer=self.streamer,
+                    **self._gen,
+                )
+        except BaseException as exc:
+            self.failure.append(exc)
+        finally:
+            self.streamer.end()
+
+    def tokens(self) -> Iterator[int]:
+        """Generated token ids, in order, as they arrive."""
+        while (tok := self.streamer.queue.get()) is not None:
+            yield tok
+
+    def finish(self) -> None:
+        """Wait for decoding to end; re-raise its failure, if any."""
+        if self._worker is not None:
+            self._worker.join()
+        if self.failure:
+            raise self.failure[0]
 
 
 class Tracer:
@@ -316,6 +373,14 @@ class Tracer:
                 "Shorten or drop sources, or lower max_new_tokens."
             )
 
+    def _start_decoding(
+        self, layout: PromptLayout, gen: dict[str, Any], session: CaptureSession | None, threaded: bool
+    ) -> _Decoding:
+        """Start ``model.generate`` feeding a token queue (in a worker thread if ``threaded``)."""
+        input_ids = torch.tensor([layout.input_ids], device=self.model.device)
+        pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        return _Decoding(self.model, input_ids, {"pad_token_id": pad, **gen}, session, threaded)
+
     def _new_assembler(
         self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig
     ) -> SentenceAssembler:
@@ -335,31 +400,7 @@ class Tracer:
         session = CaptureSession(
             signal, self.loaded.num_layers, prefill_positions=[*layout.reference_positions, prompt_len - 1]
         )
-        streamer = _TokenQueue()
-        failure: list[BaseException] = []
-        device = self.model.device
-        input_ids = torch.tensor([layout.input_ids], device=device)
-
-        def work() -> None:
-            try:
-                with capturing(session), torch.no_grad():
-                    self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        streamer=streamer,
-                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                        **gen,
-                    )
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                streamer.end()
-
-        worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
-        if threaded:
-            worker.start()
-        else:  # decode now, in this thread; the loop below drains the finished queue
-            work()
+        decoding = self._start_decoding(layout, gen, session, threaded)
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None
@@ -369,10 +410,7 @@ class Tracer:
         step = 0
         finish = "length"
         first_token_at = None
-        while True:
-            tok = streamer.queue.get()
-            if tok is None:
-                break
+        for tok in decoding.tokens():
             position = prompt_len - 1 + step
             step += 1
             if mapper is None:
@@ -396,10 +434,7 @@ class Tracer:
                 yield TextDelta(text=delta, token_index=len(ids) - 1)
             for sentence in done:
                 yield SentenceEvent(sentence=sentence)
-        if threaded:
-            worker.join()
-        if failure:
-            raise failure[0]
+        decoding.finish()
         final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if final_text != text:  # a trailing incomplete character
             yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
@@ -437,35 +472,12 @@ class Tracer:
         threaded: bool,
     ) -> Iterator[StreamEvent]:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
-        streamer = _TokenQueue()
-        input_ids = torch.tensor([layout.input_ids], device=self.model.device)
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                with torch.no_grad():
-                    self.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        streamer=streamer,
-                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                        **gen,
-                    )
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                streamer.end()
-
-        worker = threading.Thread(target=work, name="omnitrace-decode", daemon=True)
-        if threaded:
-            worker.start()
-        else:  # decode now, in this thread; the loop below drains the finished queue
-            work()
+        decoding = self._start_decoding(layout, gen, None, threaded)
         special = set(self.tokenizer.all_special_ids)
         ids: list[int] = []
         text = ""
         finish = "length"
-        while (tok := streamer.queue.get()) is not None:
+        for tok in decoding.tokens():
             if tok in special:
                 finish = "stop"
                 continue
@@ -474,10 +486,7 @@ class Tracer:
             if not new_text.endswith("\ufffd") and new_text != text:
                 yield TextDelta(text=new_text[len(text) :], token_index=len(ids) - 1)
                 text = new_text
-        if threaded:
-            worker.join()
-        if failure:
-            raise failure[0]
+        decoding.finish()
         final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if final_text != text:
             yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
