@@ -153,9 +153,7 @@ def test_agent_example_catches_the_invented_sentence(capsys: pytest.CaptureFixtu
     assert "Caught:" in capsys.readouterr().out
 
 
-def test_grounding_unsupported_f1_on_dev_set(default_tracer: Any) -> None:
-    if not (ROOT.parent / "shared/bench/score.py").is_file():
-        pytest.skip("the reference scorer ../shared/bench/score.py is not beside the repository")
+def test_grounding_unsupported_f1_on_dev_set(default_tracer: Any, bench_dir: Any) -> None:
     sys.path.insert(0, str(ROOT / "tests/langchain/data"))
     try:
         evaluate = importlib.import_module("eval_grounding").evaluate

@@ -12,6 +12,7 @@ Usage: ``python tests/langchain/data/eval_grounding.py [--json OUT]``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,15 @@ from omnitrace_core.grounding import (
 )
 
 HERE = Path(__file__).resolve().parent
-SCORER = HERE.parents[2].parent / "shared" / "bench" / "score.py"
+SCORER = next(
+    (
+        Path(c) / "score.py"
+        for c in (os.environ.get("OMNITRACE_BENCH_DIR"), HERE.parents[2].parent / "shared" / "bench",
+                  "/work/shared/bench")
+        if c and (Path(c) / "score.py").is_file()
+    ),
+    HERE.parents[2].parent / "shared" / "bench" / "score.py",
+)
 
 
 def unsupported_f1(flags: list[bool], gold: list[bool]) -> float:
