@@ -62,8 +62,9 @@ class SentenceAssembler:
         # Run the splitter only around candidate boundaries: on a token carrying a terminator
         # and on the token after it (where a new sentence may begin). Splitting the growing
         # tail on every token cost ~15 ms per token (benchmarks/overhead.py).
-        near_boundary = self._after_terminator or any(t in token for t in _TERMINATORS)
-        self._after_terminator = any(t in token for t in _TERMINATORS)
+        has_terminator = any(t in token for t in _TERMINATORS)
+        near_boundary = self._after_terminator or has_terminator
+        self._after_terminator = has_terminator
         tail = text[self._committed :]
         if not near_boundary or not any(t in tail for t in _TERMINATORS):
             return []
