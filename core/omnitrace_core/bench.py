@@ -66,10 +66,7 @@ def _check_row(row: Any) -> str | None:
 
 def answer_row(tracer: Tracer, row: dict[str, Any], **generation_kwargs: Any) -> TracedAnswer:
     """Answer (or, for forced rows, attribute) one dataset row."""
-    sources = [
-        {k: v for k, v in s.items() if k in ("id", "text", "title", "url", "metadata", "modality")}
-        for s in row["sources"]
-    ]
+    sources = row["sources"]  # validate_sources keeps the known fields (not "keys") and checks modality
     if row.get("response"):
         return tracer.attribute(sources, row["question"], row["response"])
     return tracer.generate(sources, row["question"], **generation_kwargs)

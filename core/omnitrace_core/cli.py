@@ -120,9 +120,7 @@ def _load_sources(path: Path) -> list[TextSource]:
         items = [json.loads(line) for line in raw.splitlines() if line.strip()] if raw.strip() else []
     from omnitrace_core.sources import validate_sources
 
-    return validate_sources(
-        [{k: v for k, v in s.items() if k in ("id", "text", "title", "url", "metadata")} for s in items]
-    )
+    return validate_sources(items)  # drops unknown fields, rejects non-text modalities by name
 
 
 @app.command()

@@ -49,20 +49,26 @@ class UnitIndex:
         self._valid = owner >= 0
         self._owner_valid = owner[self._valid]
 
+    def _prefix(self, row: torch.Tensor) -> torch.Tensor:
+        # Every captured query sits after the last unit, so its row covers all unit positions.
+        if row.shape[0] < self.end:
+            raise ValueError(
+                f"attention row of length {row.shape[0]} does not cover the units (need {self.end})"
+            )
+        return row[: self.end].float().cpu()
+
     def mass(self, row: torch.Tensor) -> torch.Tensor:
         """Per-unit summed score of one row (fp32 tensor of length = number of units)."""
-        r = row[: self.end].float().cpu()
         out = torch.zeros(len(self.units), dtype=torch.float32)
-        out.index_add_(0, self._owner_valid, r[self._valid[: r.shape[0]]][: self._owner_valid.shape[0]])
+        out.index_add_(0, self._owner_valid, self._prefix(row)[self._valid])
         return out
 
     def peak_unit(self, row: torch.Tensor, scale: torch.Tensor | None = None) -> int:
         """Unit holding the single highest (optionally per-unit scaled) position score."""
-        r = row[: self.end].float().cpu().clone()
-        r[~self._valid[: r.shape[0]]] = float("-inf")
+        r = self._prefix(row).clone()
+        r[~self._valid] = float("-inf")
         if scale is not None:
-            valid = self._valid[: r.shape[0]]
-            r[valid] = r[valid] / scale[self.owner[: r.shape[0]][valid]]
+            r[self._valid] = r[self._valid] / scale[self._owner_valid]
         pos = int(torch.argmax(r))
         return int(self.owner[pos]) if r[pos] > float("-inf") else -1
 

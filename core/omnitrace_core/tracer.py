@@ -70,6 +70,37 @@ class _TokenQueue:
         self.queue.put(None)
 
 
+class _TextSoFar:
+    """Generated ids -> answer text, one token at a time; skips special tokens, holds back
+    an incomplete UTF-8 character, and tells whether decoding stopped on end-of-sequence."""
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+        self.eos = eos_ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+        self.ids: list[int] = []
+        self.text = ""
+        self.finish = "length"
+
+    def add(self, tok: int) -> tuple[int, int] | None:
+        """Append a token; return the new text's ``(start, end)`` span, or None for a special token."""
+        if tok in self.special:
+            if tok in self.eos:
+                self.finish = "stop"
+            return None
+        self.ids.append(tok)
+        new_text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if new_text.endswith("\ufffd"):  # incomplete UTF-8: wait for the next token
+            new_text = self.text
+        span = (len(self.text), len(new_text))
+        self.text = new_text
+        return span
+
+    def final(self) -> str:
+        """The whole answer (including a trailing character held back until now)."""
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+
 class _Decoding:
     """One ``model.generate`` call whose tokens arrive through a queue.
 
@@ -404,11 +435,8 @@ class Tracer:
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None
-        special = set(self.tokenizer.all_special_ids)
-        ids: list[int] = []
-        text = ""
+        out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
         step = 0
-        finish = "length"
         first_token_at = None
         for tok in decoding.tokens():
             position = prompt_len - 1 + step
@@ -417,31 +445,22 @@ class Tracer:
                 first_token_at = time.perf_counter()
                 ref_rows = [session.row(p) for p in layout.reference_positions if p in session.rows]
                 mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
-            if tok in special:
-                if tok == self.tokenizer.eos_token_id or tok in _eos_ids(self.model):
-                    finish = "stop"
+            span = out.add(tok)
+            if span is None:
                 continue
-            ids.append(tok)
-            new_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if new_text.endswith("\ufffd"):  # incomplete UTF-8: wait for the next token
-                new_text = text
-            start, end = len(text), len(new_text)
+            start, end = span
             mapping = mapper.map(session.row(position))
-            delta = new_text[len(text) :]
-            text = new_text
-            done = assembler.add(text, self.tokenizer.decode([tok]), start, end, mapping)
-            if delta:
-                yield TextDelta(text=delta, token_index=len(ids) - 1)
+            done = assembler.add(out.text, self.tokenizer.decode([tok]), start, end, mapping)
+            if end > start:
+                yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
             for sentence in done:
                 yield SentenceEvent(sentence=sentence)
         decoding.finish()
-        final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if final_text != text:  # a trailing incomplete character
-            yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
+        final_text = out.final()
+        if final_text != out.text:  # a trailing incomplete character
+            yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
         for sentence in assembler.finish(final_text):
             yield SentenceEvent(sentence=sentence)
-        if not ids:
-            finish = "stop" if finish == "stop" else "length"
         timings = {"total_s": time.perf_counter() - t0}
         if first_token_at is not None:
             timings["first_token_s"] = first_token_at - t0
@@ -455,7 +474,7 @@ class Tracer:
             mode="generate",
             prompt_tokens=prompt_len,
             generated_tokens=step,
-            finish_reason=finish,
+            finish_reason=out.finish,
             config=cfg.model_dump(mode="json"),
             errors=assembler.errors,
             timings=timings,
@@ -473,23 +492,16 @@ class Tracer:
     ) -> Iterator[StreamEvent]:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
         decoding = self._start_decoding(layout, gen, None, threaded)
-        special = set(self.tokenizer.all_special_ids)
-        ids: list[int] = []
-        text = ""
-        finish = "length"
+        out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
         for tok in decoding.tokens():
-            if tok in special:
-                finish = "stop"
-                continue
-            ids.append(tok)
-            new_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if not new_text.endswith("\ufffd") and new_text != text:
-                yield TextDelta(text=new_text[len(text) :], token_index=len(ids) - 1)
-                text = new_text
+            span = out.add(tok)
+            if span is not None and span[1] > span[0]:
+                yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
         decoding.finish()
-        final_text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if final_text != text:
-            yield TextDelta(text=final_text[len(text) :], token_index=len(ids) - 1)
+        final_text = out.final()
+        if final_text != out.text:
+            yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
+        finish = out.finish
         if not final_text.strip():
             answer = self._empty_answer(srcs, layout, cfg, finish)
         else:
