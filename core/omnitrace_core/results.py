@@ -40,6 +40,10 @@ class Citation(BaseModel):
     url: str | None = None
     modality: Modality = "text"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    seconds: list[tuple[float, float]] = Field(default_factory=list)
+    """Audio / video: the cited stretches in seconds (adjacent cited bins merged into one span)."""
+    boxes: list[tuple[int, int, int, int]] = Field(default_factory=list)
+    """Image: the cited regions as pixel boxes ``(x0, y0, x1, y1)``."""
 
 
 class TokenAttribution(BaseModel):
@@ -151,13 +155,22 @@ class TracedAnswer(BaseModel):
                     "text": s.text,
                     "start": s.char_start,
                     "end": s.char_end,
-                    "citations": [{"source_id": c.source_id, "score": c.score} for c in s.citations],
+                    "citations": [_citation_row(c) for c in s.citations],
                     "source_mass": s.source_mass,
                     "grounded": s.grounded,
                 }
                 for s in self.sentences
             ],
         }
+
+
+def _citation_row(citation: Citation) -> dict[str, Any]:
+    row: dict[str, Any] = {"source_id": citation.source_id, "score": citation.score}
+    if citation.seconds:
+        row["seconds"] = [list(span) for span in citation.seconds]
+    if citation.boxes:
+        row["boxes"] = [list(box) for box in citation.boxes]
+    return row
 
 
 class TextDelta(BaseModel):

@@ -13,11 +13,42 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from omnitrace_core.errors import InvalidInputError
 
 Modality = Literal["text", "image", "audio", "video"]
+MediaModality = Literal["image", "audio", "video"]
+
+
+class TimedSegment(BaseModel):
+    """A stretch of a recording, in seconds, optionally with the text spoken in it.
+
+    Attributes:
+        start_s: Start time in seconds.
+        end_s: End time in seconds (``>= start_s``).
+        char_start: For a transcript source: where the segment's words start in its ``text``.
+        char_end: For a transcript source: where they end.
+        text: The words spoken (informational; the transcript's ``text`` is what the model reads).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start_s: float = Field(ge=0.0)
+    end_s: float = Field(ge=0.0)
+    char_start: int | None = Field(None, ge=0)
+    char_end: int | None = Field(None, ge=0)
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimedSegment:
+        if self.end_s < self.start_s:
+            raise ValueError(f"segment ends ({self.end_s} s) before it starts ({self.start_s} s)")
+        if (self.char_start is None) != (self.char_end is None):
+            raise ValueError("give both char_start and char_end, or neither")
+        if self.char_start is not None and self.char_end is not None and self.char_end <= self.char_start:
+            raise ValueError(f"segment char span [{self.char_start}, {self.char_end}) is empty")
+        return self
 
 
 class TextSource(BaseModel):
@@ -41,7 +72,11 @@ class TextSource(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
     """Shown to the model instead of ``id`` (e.g. ``doc1`` for a UUID node id); results keep ``id``."""
-    modality: Literal["text"] = "text"
+    modality: Literal["text", "audio", "video"] = "text"
+    """``audio`` / ``video`` for a transcript of a recording (its ``segments`` carry the seconds)."""
+    segments: list[TimedSegment] | None = None
+    """Timed stretches of ``text`` (a transcript's ASR segments): each becomes a unit whose
+    citations carry its seconds. Every segment needs ``char_start`` / ``char_end`` in ``text``."""
 
     @field_validator("id")
     @classmethod
@@ -56,6 +91,76 @@ class TextSource(BaseModel):
         if not value.strip():
             raise ValueError("source text is empty")
         return value
+
+    @model_validator(mode="after")
+    def _segments_inside_text(self) -> TextSource:
+        if self.segments is None:
+            return self
+        if not self.segments:
+            raise ValueError("segments is empty: omit it, or give at least one segment")
+        prev_end = 0
+        for k, seg in enumerate(self.segments):
+            if seg.char_start is None or seg.char_end is None:
+                raise ValueError(f"segment #{k} has no char_start / char_end in the source text")
+            if seg.char_end > len(self.text):
+                raise ValueError(
+                    f"segment #{k} ends at char {seg.char_end}, past the text ({len(self.text)})"
+                )
+            if seg.char_start < prev_end:
+                raise ValueError(f"segment #{k} overlaps the previous one (char {seg.char_start})")
+            prev_end = seg.char_end
+        return self
+
+
+class MediaSource(BaseModel):
+    """An image, audio clip or video the model may draw on.
+
+    A native omni / vision-language model reads it directly (its units are image regions or
+    time bins); a text model can read an audio source only through speech recognition
+    (``TracerConfig.audio_fallback="asr"``), which turns it into a timed transcript.
+
+    Attributes:
+        id: Caller's identifier; returned unchanged in every citation.
+        modality: ``image``, ``audio`` or ``video``.
+        path: A local file.
+        data: The file's bytes (instead of ``path``, e.g. from a base64 content block).
+        mime_type: Format hint for ``data`` (``audio/wav``, ``image/png``...).
+        segments: Caller-supplied time segments (e.g. ASR or diarisation segments) used as the
+            units of an audio / video source instead of fixed one-second bins.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    modality: MediaModality
+    path: str | None = None
+    data: bytes | None = Field(None, repr=False)
+    mime_type: str | None = None
+    title: str | None = None
+    url: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+    segments: list[TimedSegment] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source id must be a non-empty string")
+        return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> MediaSource:
+        if (self.path is None) == (self.data is None):
+            raise ValueError(f"a {self.modality} source needs exactly one of 'path' or 'data'")
+        if self.data is not None and len(self.data) == 0:
+            raise ValueError(f"the {self.modality} data is empty (0 bytes)")
+        if self.segments is not None and self.modality == "image":
+            raise ValueError("an image source has no time segments")
+        return self
+
+
+Source = TextSource | MediaSource
 
 
 class SourceUnit(BaseModel):
@@ -72,32 +177,49 @@ class SourceUnit(BaseModel):
     token_start: int = -1
     token_end: int = -1
     modality: Modality = "text"
+    seconds: tuple[float, float] | None = None
+    """Where the unit sits in its recording (audio / video units and transcript segments)."""
+    box: tuple[int, int, int, int] | None = None
+    """Pixel box ``(x0, y0, x1, y1)`` of an image (or video-frame) region unit."""
 
 
-def validate_sources(sources: Sequence[TextSource | dict[str, Any]]) -> list[TextSource]:
-    """Coerce and check a list of sources; raise naming the bad one."""
+def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]:
+    """Coerce and check a list of sources; raise naming the bad one.
+
+    A dict with ``modality`` ``image`` / ``audio`` / ``video`` and a ``path`` or ``data`` (and
+    no ``text``) becomes a :class:`MediaSource`; a dict with ``text`` a :class:`TextSource`
+    (an ``audio`` / ``video`` one is a transcript).
+    """
     if sources is None or len(sources) == 0:
         raise InvalidInputError("sources is empty: give at least one source to attribute to")
-    out: list[TextSource] = []
+    out: list[Source] = []
     for i, src in enumerate(sources):
-        if isinstance(src, TextSource):
+        if isinstance(src, (TextSource, MediaSource)):
             out.append(src)
             continue
         if not isinstance(src, dict):
-            raise InvalidInputError(f"source #{i} must be a TextSource or dict, got {type(src).__name__}")
+            raise InvalidInputError(
+                f"source #{i} must be a TextSource, MediaSource or dict, got {type(src).__name__}"
+            )
+        modality = src.get("modality", "text")
+        if modality not in ("text", "image", "audio", "video"):
+            raise InvalidInputError(
+                f"source #{i} ({src.get('id')!r}) has unknown modality {modality!r}; "
+                "expected text, image, audio or video"
+            )
+        if modality == "image" and "text" in src:
+            raise InvalidInputError(
+                f"source #{i} ({src.get('id')!r}) has modality 'image' and a 'text': an image source "
+                "gives its file as 'path' or 'data' (text of an image is not supported)"
+            )
+        media = modality != "text" and "text" not in src
+        model: type[BaseModel] = MediaSource if media else TextSource
         try:
-            known = {k: v for k, v in src.items() if k in TextSource.model_fields and k != "modality"}
-            if src.get("modality", "text") != "text":
-                raise InvalidInputError(
-                    f"source #{i} ({src.get('id')!r}) has modality {src.get('modality')!r}; "
-                    "this tracer handles text sources only"
-                )
-            out.append(TextSource(**known))
-        except InvalidInputError:
-            raise
+            known = {k: v for k, v in src.items() if k in model.model_fields}
+            out.append(model(**known))  # type: ignore[arg-type]
         except ValidationError as exc:  # re-raise naming the source and the field
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                f"{'.'.join(str(p) for p in e['loc']) or 'source'}: {e['msg'].removeprefix('Value error, ')}"
                 for e in exc.errors()
             )
             raise InvalidInputError(f"source #{i} ({src.get('id')!r}) is invalid: {problems}") from exc
@@ -126,12 +248,14 @@ def split_into_sentences(text: str) -> list[tuple[int, int]]:
 class PromptLayout(BaseModel):
     """The tokenised prompt and where every unit sits in it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     input_ids: list[int]
     units: list[SourceUnit]
     reference_positions: list[int]
     text: str
+    model_inputs: dict[str, Any] = Field(default_factory=dict)
+    """Extra inputs for the model's forward / generate (pixel values, audio features, grids)."""
 
 
 def _format_user_message(
@@ -147,15 +271,21 @@ def _format_user_message(
         lead = len(src.text) - len(src.text.lstrip())
         block_start = offset
         text_start = offset + len(header)
-        pieces = split_into_sentences(text) if split else [(0, len(text))]
+        timed = _timed_pieces(src, lead, len(text))
+        if timed:
+            pieces = [(a, b) for a, b, _ in timed]
+        else:
+            pieces = split_into_sentences(text) if split else [(0, len(text))]
         for k, (a, b) in enumerate(pieces):
             unit = SourceUnit(
-                unit_id=f"{src.id}#{k}" if split else src.id,
+                unit_id=f"{src.id}#{k}" if split or timed else src.id,
                 source_id=src.id,
                 index=k,
                 text=text[a:b],
                 char_start=lead + a,
                 char_end=lead + b,
+                modality=src.modality,
+                seconds=timed[k][2] if timed else None,
             )
             # The header (id and title) belongs to the first unit of its source.
             start = block_start if k == 0 else text_start + a
@@ -167,9 +297,20 @@ def _format_user_message(
     return "".join(parts), spans
 
 
+def _timed_pieces(src: TextSource, lead: int, length: int) -> list[tuple[int, int, tuple[float, float]]]:
+    """A transcript's segments as spans of its stripped text, each with its seconds."""
+    out: list[tuple[int, int, tuple[float, float]]] = []
+    for seg in src.segments or []:
+        assert seg.char_start is not None and seg.char_end is not None  # checked by the model
+        a, b = max(0, seg.char_start - lead), min(length, seg.char_end - lead)
+        if b > a:
+            out.append((a, b, (seg.start_s, seg.end_s)))
+    return out
+
+
 def build_prompt(
     tokenizer: Any,
-    sources: Sequence[TextSource],
+    sources: Sequence[Source],
     question: str,
     system_prompt: str | None,
     split_sources: bool = False,
@@ -181,7 +322,14 @@ def build_prompt(
     """
     if question is None or not question.strip():
         raise InvalidInputError("question is empty")
-    user, unit_spans = _format_user_message(sources, question, split_sources)
+    for src in sources:
+        if not isinstance(src, TextSource):
+            raise InvalidInputError(
+                f"source {src.id!r} is a {src.modality} file: a text prompt cannot hold it "
+                "(use a model that takes it, or audio_fallback='asr' for audio)"
+            )
+    texts = [src for src in sources if isinstance(src, TextSource)]
+    user, unit_spans = _format_user_message(texts, question, split_sources)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": user}
     ]

@@ -30,13 +30,14 @@ from omnitrace_core.log import get_logger
 from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
 from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
+from omnitrace_core.prompting import PromptBuilder, TextPromptBuilder, prepare_sources
 from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta, TracedAnswer
 from omnitrace_core.signals import Signal, get_signal
-from omnitrace_core.sources import PromptLayout, TextSource, build_prompt, validate_sources
+from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
 
 logger = get_logger()
 
-SourcesArg = Sequence[TextSource | dict[str, Any]]
+SourcesArg = Sequence[Source | dict[str, Any]]
 _GRAD_REFERENCE_ROWS = 32
 
 
@@ -165,6 +166,9 @@ class Tracer:
         tokenizer: Its (fast) tokenizer.
         config: Tracer configuration; per-call overrides are accepted by every method.
         model_name: Name reported in results.
+        observers: Receive generation events (see :mod:`omnitrace_core.observers`).
+        prompt_builder: Lays the sources out for this model; default: the chat-template text
+            layout. Omni / vision-language models get one from :mod:`omnitrace_core.omni`.
 
     Raises:
         CaptureError: if the model's attention cannot be captured.
@@ -177,8 +181,10 @@ class Tracer:
         config: TracerConfig | None = None,
         model_name: str | None = None,
         observers: Sequence[TraceObserver] = (),
+        prompt_builder: PromptBuilder | None = None,
     ) -> None:
         self.loaded = LoadedModel(model=model, tokenizer=tokenizer, name=model_name or _model_name(model))
+        self.prompt_builder: PromptBuilder = prompt_builder or TextPromptBuilder(tokenizer)
         self.config = config or TracerConfig()
         get_signal(self.config.signal)  # fail fast on an unknown name
         install(model)
@@ -285,8 +291,7 @@ class Tracer:
         cfg = config or self.config
         try:
             signal = get_signal(cfg.signal)
-            srcs = validate_sources(sources)
-            layout = build_prompt(self.tokenizer, srcs, question, cfg.system_prompt, cfg.split_sources)
+            srcs, layout = self._layout(sources, question, cfg)
             gen = self._generation_kwargs(cfg, generation_kwargs)
             self._check_length(len(layout.input_ids), int(gen["max_new_tokens"]))
         except (InvalidInputError, UnknownNameError) as exc:
@@ -311,10 +316,9 @@ class Tracer:
         """Attribute a given ``response`` (teacher-forced, one forward pass)."""
         cfg = config or self.config
         try:
-            srcs = validate_sources(sources)
             if response is None or not response.strip():
                 raise InvalidInputError("response is empty: nothing to attribute")
-            layout = build_prompt(self.tokenizer, srcs, question, cfg.system_prompt, cfg.split_sources)
+            srcs, layout = self._layout(sources, question, cfg)
         except (InvalidInputError, UnknownNameError) as exc:
             logger.warning(
                 "input_rejected", operation="attribute", error_type=type(exc).__name__, reason=str(exc)
@@ -335,11 +339,21 @@ class Tracer:
         assert final is not None
         return final
 
+    def layout(self, sources: SourcesArg, question: str, config: TracerConfig | None = None) -> PromptLayout:
+        """The prompt this tracer would build for ``sources`` and ``question`` (no model call)."""
+        return self._layout(sources, question, config or self.config)[1]
+
+    def _layout(
+        self, sources: SourcesArg, question: str, cfg: TracerConfig
+    ) -> tuple[list[Source], PromptLayout]:
+        srcs = prepare_sources(validate_sources(sources), self.prompt_builder, cfg, self.loaded.name)
+        return srcs, self.prompt_builder.build(srcs, question, cfg)
+
     # -- observers -------------------------------------------------------------------------
     def _info(
         self,
         operation: str,
-        srcs: list[TextSource],
+        srcs: list[Source],
         question: str,
         layout: PromptLayout,
         signal: Signal,
@@ -354,7 +368,7 @@ class Tracer:
             question=question,
             prompt_tokens=len(layout.input_ids),
             request={k: v for k, v in gen.items() if isinstance(v, (int, float, str, bool))},
-            sources={s.id: s.text for s in srcs},
+            sources={s.id: _source_text(s) for s in srcs},
         )
 
     def _observed(self, info: GenerationInfo, events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
@@ -410,16 +424,18 @@ class Tracer:
         """Start ``model.generate`` feeding a token queue (in a worker thread if ``threaded``)."""
         input_ids = torch.tensor([layout.input_ids], device=self.model.device)
         pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
-        return _Decoding(self.model, input_ids, {"pad_token_id": pad, **gen}, session, threaded)
+        return _Decoding(
+            self.model, input_ids, {"pad_token_id": pad, **layout.model_inputs, **gen}, session, threaded
+        )
 
     def _new_assembler(
-        self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig
+        self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig
     ) -> SentenceAssembler:
         return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation)
 
     def _stream_attention(
         self,
-        srcs: list[TextSource],
+        srcs: list[Source],
         layout: PromptLayout,
         cfg: TracerConfig,
         signal: Signal,
@@ -483,7 +499,7 @@ class Tracer:
 
     def _stream_gradient_signal(
         self,
-        srcs: list[TextSource],
+        srcs: list[Source],
         question: str,
         layout: PromptLayout,
         cfg: TracerConfig,
@@ -513,7 +529,7 @@ class Tracer:
         yield FinalEvent(answer=answer)
 
     def _empty_answer(
-        self, srcs: list[TextSource], layout: PromptLayout, cfg: TracerConfig, finish: str
+        self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig, finish: str
     ) -> TracedAnswer:
         assembler = self._new_assembler(srcs, layout, cfg)
         return TracedAnswer(
@@ -532,7 +548,7 @@ class Tracer:
 
     def _attribute_layout(
         self,
-        srcs: list[TextSource],
+        srcs: list[Source],
         layout: PromptLayout,
         response: str,
         cfg: TracerConfig,
@@ -560,14 +576,16 @@ class Tracer:
         ids = torch.tensor([layout.input_ids + resp_ids], device=self.model.device)
         if signal.needs_gradients:
             ref_positions = layout.reference_positions[-_GRAD_REFERENCE_ROWS:]
-            rows = self._gradient_rows(signal, ids, [*ref_positions, *positions])
+            rows = self._gradient_rows(signal, ids, [*ref_positions, *positions], layout.model_inputs)
         else:
             ref_positions = layout.reference_positions
             session = CaptureSession(
                 signal, self.loaded.num_layers, prefill_positions=[*ref_positions, *positions]
             )
             with capturing(session), torch.no_grad():
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                self.model(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **layout.model_inputs
+                )
             rows = session.rows
         return ForcedRows(
             response=response,
@@ -580,7 +598,7 @@ class Tracer:
 
     def assemble_forced(
         self,
-        srcs: list[TextSource],
+        srcs: list[Source],
         layout: PromptLayout,
         forced: ForcedRows,
         cfg: TracerConfig,
@@ -615,12 +633,14 @@ class Tracer:
         )
 
     def _gradient_rows(
-        self, signal: Signal, ids: torch.Tensor, positions: list[int]
+        self, signal: Signal, ids: torch.Tensor, positions: list[int], model_inputs: dict[str, Any]
     ) -> dict[int, torch.Tensor]:
         """Rows of ``reduce(attention * d logp / d attention)`` for each query position."""
         session = CaptureSession(signal, self.loaded.num_layers, grad_mode=True)
         with capturing(session), torch.enable_grad():
-            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+            logits = self.model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **model_inputs
+            ).logits
             logp = torch.log_softmax(logits[0].float(), dim=-1)
             layers = sorted(session.grad_probs)
             probs = [session.grad_probs[layer] for layer in layers]
@@ -638,6 +658,14 @@ class Tracer:
                 assert acc is not None
                 rows[pos] = (acc / len(layers)).detach()
         return rows
+
+
+def _source_text(src: Source) -> str:
+    """What observers may record of a source: its text, or a note naming a media file."""
+    if isinstance(src, MediaSource):
+        where = src.path or f"{len(src.data or b'')} bytes"
+        return f"<{src.modality}: {where}>"
+    return src.text
 
 
 def _eos_ids(model: Any) -> set[int]:
