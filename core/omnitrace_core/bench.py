@@ -64,9 +64,29 @@ def _check_row(row: Any) -> str | None:
     return None
 
 
-def answer_row(tracer: Tracer, row: dict[str, Any], **generation_kwargs: Any) -> TracedAnswer:
-    """Answer (or, for forced rows, attribute) one dataset row."""
-    sources = row["sources"]  # validate_sources keeps the known fields (not "keys") and checks modality
+def resolve_media_paths(sources: list[Any], base_dir: str | Path | None) -> list[Any]:
+    """Media sources' relative ``path``s read from the dataset file's folder (as the format says)."""
+    if base_dir is None:
+        return sources
+    out = []
+    for src in sources:
+        if isinstance(src, dict) and src.get("path") and src.get("modality", "text") != "text":
+            path = Path(src["path"])
+            if not path.is_absolute():
+                src = {**src, "path": str(Path(base_dir) / path)}
+        out.append(src)
+    return out
+
+
+def answer_row(
+    tracer: Tracer, row: dict[str, Any], base_dir: str | Path | None = None, **generation_kwargs: Any
+) -> TracedAnswer:
+    """Answer (or, for forced rows, attribute) one dataset row.
+
+    ``base_dir``: the dataset file's folder, against which media ``path``s are resolved.
+    """
+    # validate_sources keeps the known fields (not "keys") and checks the modality.
+    sources = resolve_media_paths(row["sources"], base_dir)
     if row.get("response"):
         return tracer.attribute(sources, row["question"], row["response"])
     return tracer.generate(sources, row["question"], **generation_kwargs)

@@ -14,11 +14,11 @@ from rich.text import Text
 
 from omnitrace_core.bench import RowError, answer_row, read_rows
 from omnitrace_core.config import MappingConfig, TracerConfig
-from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.errors import InvalidInputError, OmniTraceError
 from omnitrace_core.evaluation import register as register_evaluation
 from omnitrace_core.models import DEFAULT_MODEL
-from omnitrace_core.results import TracedAnswer
-from omnitrace_core.sources import Source, TextSource
+from omnitrace_core.results import Citation, TracedAnswer
+from omnitrace_core.sources import MediaSource, Source, TextSource
 
 app = typer.Typer(
     help="Generation-time source attribution (OmniTrace) on local models.", no_args_is_help=True
@@ -51,7 +51,9 @@ DEMO_SOURCES = [
 DEMO_QUESTION = "How tall is the Veltra lighthouse and who was its keeper?"
 
 
-def _tracer(model: str, signal: str, correction: str | None = None, threads: int | None = None) -> Any:
+def _tracer(
+    model: str, signal: str, correction: str | None = None, threads: int | None = None, asr: bool = False
+) -> Any:
     import torch
 
     from omnitrace_core.tracer import Tracer
@@ -59,7 +61,34 @@ def _tracer(model: str, signal: str, correction: str | None = None, threads: int
     if threads:
         torch.set_num_threads(threads)
     mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()
-    return Tracer.from_pretrained(model, config=TracerConfig(signal=signal, mapping=mapping))
+    config = TracerConfig(signal=signal, mapping=mapping, audio_fallback="asr" if asr else "error")
+    return Tracer.from_pretrained(model, config=config)
+
+
+def _where(c: Citation) -> str:
+    """A citation's location: seconds for audio / video, boxes for images."""
+    if c.seconds:
+        return " " + ",".join(f"{a:.1f}-{b:.1f}s" for a, b in c.seconds)
+    if c.boxes:
+        return " " + ",".join(f"({x0},{y0},{x1},{y1})" for x0, y0, x1, y1 in c.boxes)
+    return ""
+
+
+def _media_sources(images: list[Path], audio: list[Path], video: list[Path]) -> list[MediaSource]:
+    """``--image / --audio / --video`` files as sources, ids from the file names (made unique)."""
+    out: list[MediaSource] = []
+    seen: set[str] = set()
+    for modality, paths in (("image", images), ("audio", audio), ("video", video)):
+        for path in paths:
+            if not path.is_file():
+                raise InvalidInputError(f"--{modality} {path}: no such file")
+            sid, n = path.stem, 1
+            while sid in seen:
+                n += 1
+                sid = f"{path.stem}-{n}"
+            seen.add(sid)
+            out.append(MediaSource(id=sid, modality=modality, path=str(path), title=path.name))
+    return out
 
 
 def render(answer: TracedAnswer, out: Console = console) -> None:
@@ -69,7 +98,7 @@ def render(answer: TracedAnswer, out: Console = console) -> None:
     for s in answer.sentences:
         style = colour.get(s.citations[0].source_id, "white") if s.citations else "dim"
         body.append(s.text, style=style)
-        marks = ",".join(c.source_id for c in s.citations) or "unsupported"
+        marks = ", ".join(c.source_id + _where(c) for c in s.citations) or "unsupported"
         body.append(f" [{marks}]", style="bold " + style)
         body.append("\n")
     out.print(body)
@@ -125,17 +154,26 @@ def _load_sources(path: Path) -> list[Source]:
 
 @app.command()
 def run(
-    sources: Annotated[Path, typer.Option(help="JSON list / JSONL of {id, text, title?, url?}")],
     question: Annotated[str, typer.Option()],
+    sources: Annotated[
+        Path | None, typer.Option(help="JSON list / JSONL of {id, text, title?, url?}")
+    ] = None,
+    image: Annotated[list[Path] | None, typer.Option(help="An image file as a source (repeatable)")] = None,
+    audio: Annotated[list[Path] | None, typer.Option(help="An audio file as a source (repeatable)")] = None,
+    video: Annotated[list[Path] | None, typer.Option(help="A video file as a source (repeatable)")] = None,
+    asr: Annotated[bool, typer.Option("--asr", help="Transcribe audio offline for a text model")] = False,
     model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
     signal: Annotated[str, typer.Option()] = "attmean",
     max_new_tokens: Annotated[int, typer.Option()] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
 ) -> None:
-    """Answer a question over your sources with per-sentence citations."""
+    """Answer a question over your sources (text, image, audio, video) with per-sentence citations."""
     try:
-        srcs = _load_sources(sources)
-        tracer = _tracer(model, signal)
+        srcs: list[Source] = _load_sources(sources) if sources else []
+        srcs += _media_sources(image or [], audio or [], video or [])
+        if not srcs:
+            raise InvalidInputError("no sources: give --sources FILE and/or --image / --audio / --video")
+        tracer = _tracer(model, signal, asr=asr)
         answer = tracer.generate(srcs, question, max_new_tokens=max_new_tokens)
     except OmniTraceError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -156,13 +194,21 @@ def predict(
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 128,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    asr: Annotated[
+        bool, typer.Option("--asr", help="Transcribe audio sources offline (text models)")
+    ] = False,
 ) -> None:
-    """Answer every dataset row and write one prediction row each (scorable by score.py)."""
+    """Answer every dataset row and write one prediction row each (scorable by score.py).
+
+    Media sources' ``path``s are read relative to the dataset file.
+    """
     from rich.progress import Progress
 
     try:
         rows = list(read_rows(data))
-        tracer = _tracer(model, signal, correction, threads or int(os.environ.get("OMNITRACE_THREADS", "0")))
+        tracer = _tracer(
+            model, signal, correction, threads or int(os.environ.get("OMNITRACE_THREADS", "0")), asr=asr
+        )
     except OmniTraceError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -179,7 +225,7 @@ def predict(
                 err.print(f"[yellow]skipped:[/yellow] {row.message}")
                 continue
             try:
-                answer = answer_row(tracer, row, max_new_tokens=max_new_tokens)
+                answer = answer_row(tracer, row, base_dir=data.parent, max_new_tokens=max_new_tokens)
             except OmniTraceError as exc:
                 failures += 1
                 err.print(f"[yellow]row {row['id']!r} failed:[/yellow] {exc}")

@@ -104,3 +104,33 @@ def test_unknown_model_is_named(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(data), "--out", str(tmp_path / "p"), "--model", "nope"])
     assert result.exit_code == 2
     assert "unknown model 'nope'" in result.output
+
+
+def test_run_names_a_missing_media_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from omnitrace_core.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--question", "q", "--image", str(tmp_path / "nope.png")])
+    assert result.exit_code == 2
+    assert "nope.png: no such file" in result.output
+
+
+def test_run_needs_some_source():
+    from typer.testing import CliRunner
+
+    from omnitrace_core.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--question", "q"])
+    assert result.exit_code == 2
+    assert "no sources" in result.output
+
+
+def test_media_paths_resolve_against_the_dataset_folder(tmp_path):
+    from omnitrace_core.bench import resolve_media_paths
+
+    rows = [{"id": "a", "modality": "audio", "path": "audio/a.wav"}, {"id": "b", "text": "x"},
+            {"id": "c", "modality": "image", "path": "/abs/c.png"}]
+    got = resolve_media_paths(rows, tmp_path)
+    assert got[0]["path"] == str(tmp_path / "audio/a.wav")
+    assert got[1] == rows[1] and got[2]["path"] == "/abs/c.png"
