@@ -37,7 +37,13 @@ TEXT_BLOCK_INDEX = 0
 
 
 def citation_annotation(sentence: SentenceAttribution, citation: Citation) -> LCCitation:
-    """One standard ``Citation`` annotation for a cited unit of a sentence."""
+    """One standard ``Citation`` annotation for a cited unit of a sentence.
+
+    ``extras`` always holds ``source_id``, ``unit_id``, ``score``, ``modality``,
+    ``sentence_index`` and the unit's ``source_char_start`` / ``source_char_end``; a media
+    citation adds where in the file: ``seconds`` (``[[start_s, end_s], ...]``, audio / video
+    and transcripts) and ``boxes`` (``[[x0, y0, x1, y1], ...]`` in pixels, images).
+    """
     extras: dict[str, Any] = {
         "source_id": citation.source_id,
         "unit_id": citation.unit_id,
@@ -47,9 +53,10 @@ def citation_annotation(sentence: SentenceAttribution, citation: Citation) -> LC
         "source_char_start": citation.char_start,
         "source_char_end": citation.char_end,
     }
-    seconds = citation.metadata.get("seconds") if isinstance(citation.metadata, dict) else None
-    if seconds is not None:
-        extras["seconds"] = seconds
+    if citation.seconds:
+        extras["seconds"] = [[float(a), float(b)] for a, b in citation.seconds]
+    if citation.boxes:
+        extras["boxes"] = [[int(v) for v in box] for box in citation.boxes]
     return create_citation(
         url=citation.url,
         title=citation.title,
@@ -138,6 +145,11 @@ def _document(ann: dict[str, Any], sources: dict[str, dict[str, Any]]) -> Docume
     extras = ann.get("extras") or {}
     if "score" in extras:
         metadata["citation_score"] = extras["score"]
+    for name in ("seconds", "boxes"):  # where in a media file the cited part is
+        if extras.get(name):
+            metadata[f"cited_{name}"] = extras[name]
+    if extras.get("modality") not in (None, "text"):
+        metadata.setdefault("modality", extras["modality"])
     return Document(page_content=str(ann.get("cited_text", "")), id=key or None, metadata=metadata)
 
 
@@ -153,7 +165,8 @@ def cited_documents_by_sentence(message: BaseMessage) -> list[dict[str, Any]]:
 
     Returns:
         ``[{"start", "end", "text", "documents": [Document, ...]}, ...]``; each document's
-        ``id`` is the source id, its metadata the source's metadata plus ``citation_score``.
+        ``id`` is the source id, its metadata the source's metadata plus ``citation_score``
+        (and, for a media citation, ``modality`` and ``cited_seconds`` / ``cited_boxes``).
     """
     sources = _sources_by_id(message)
     return [

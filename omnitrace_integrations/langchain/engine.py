@@ -27,11 +27,11 @@ from omnitrace_core import (
     FinalEvent,
     SentenceEvent,
     TextDelta,
-    TextSource,
     TracedAnswer,
     Tracer,
     TracerConfig,
 )
+from omnitrace_core.sources import Source
 
 logger = logging.getLogger("omnitrace.langchain")
 
@@ -107,7 +107,7 @@ def cancel_kwargs(event: threading.Event) -> dict[str, Any]:
 
 def traced_events(
     tracer: Any,
-    sources: list[TextSource],
+    sources: list[Source],
     question: str,
     config: TracerConfig | None,
     gen: dict[str, Any],

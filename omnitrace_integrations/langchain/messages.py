@@ -4,6 +4,14 @@ Sources come from where LangChain users already put them:
 
 - standard ``text-plain`` and ``file`` content blocks in any input message (``id`` = the
   block's ``id``; ``title``, ``url``, ``context`` are carried along);
+- ``image`` / ``audio`` / ``video`` content blocks (v1 standard ``base64`` + ``mime_type`` or
+  ``url``; v0 ``source_type`` blocks; OpenAI ``image_url`` with a ``data:`` URL and
+  ``input_audio``) as :class:`~omnitrace_core.sources.MediaSource` objects: base64 and
+  ``data:`` URLs become bytes, ``file://`` URLs, local paths and a ``path`` key a local file.
+  Nothing is ever downloaded: an ``http(s)`` URL or a ``file_id`` is refused, saying how to
+  pass the file instead. Whether the model can read the medium is the tracer's decision (a
+  text model raises ``UnsupportedModalityError``, or transcribes audio with
+  ``TracerConfig(audio_fallback="asr")``);
 - ``ToolMessage``s: ``Document``s in the message's ``artifact`` (e.g. a retriever tool with
   ``response_format="content_and_artifact"``), else the tool's text output with the
   ``tool_call_id`` as id;
@@ -20,14 +28,21 @@ import base64
 import binascii
 import json
 import logging
+import mimetypes
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.request import url2pathname
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from omnitrace_core import InvalidInputError, TextSource
+from omnitrace_core.errors import MediaError
+from omnitrace_core.sources import MediaModality, MediaSource, Source
 
 logger = logging.getLogger("omnitrace.langchain")
 
@@ -35,8 +50,23 @@ logger = logging.getLogger("omnitrace.langchain")
 _IGNORED_TYPES = frozenset(
     {"reasoning", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result"}
 )
-#: Media blocks the core cannot trace yet.
-_MEDIA_TYPES = frozenset({"image", "audio", "video", "image_url", "input_audio"})
+#: Media content block types and the modality of their source (``image_url`` and
+#: ``input_audio`` are OpenAI Chat Completions blocks).
+_MEDIA_TYPES: dict[str, MediaModality] = {
+    "image": "image",
+    "audio": "audio",
+    "video": "video",
+    "image_url": "image",
+    "input_audio": "audio",
+}
+#: Ids LangChain generates itself (``create_image_block``, OpenAI block conversion): random, so a
+#: media block carrying one is cited as ``<type>-<n>`` instead (the id is kept in metadata).
+_AUTO_ID = re.compile(r"^lc_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: How to hand over a file instead of a remote reference (in error messages).
+_MEDIA_HINT = (
+    "pass a local file (url='file:///path/to/file' or 'path': '/path/to/file') or the file's "
+    "bytes as base64 ('base64': ..., 'mime_type': ...)"
+)
 #: MIME types of ``file`` blocks read as text.
 _TEXT_MIME_PREFIXES = ("text/",)
 _TEXT_MIME_TYPES = frozenset(
@@ -53,13 +83,13 @@ class ChatRequest:
     """What the tracer needs, read from LangChain input.
 
     Attributes:
-        sources: Text sources in order (ids unique).
+        sources: Text and media sources in order (ids unique).
         question: The last human turn, with earlier turns as context.
         system: Concatenated system messages ("" if none).
         turns: The conversation as chat-template turns (used when there are no sources).
     """
 
-    sources: list[TextSource] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     question: str = ""
     system: str = ""
     turns: list[dict[str, str]] = field(default_factory=list)
@@ -100,22 +130,30 @@ def document_to_source(doc: Document, position: int) -> TextSource:
     )
 
 
-def coerce_sources(sources: Any, start: int = 0) -> list[TextSource]:
-    """Coerce the ``sources=`` kwarg: ``Document``s, ``TextSource``s, dicts or strings."""
+def coerce_sources(sources: Any, start: int = 0) -> list[Source]:
+    """Coerce the ``sources=`` kwarg: ``Document``s, ``TextSource``s, ``MediaSource``s, dicts or strings.
+
+    A dict with ``modality`` ``image`` / ``audio`` / ``video`` and no ``text`` becomes a
+    ``MediaSource`` (``path`` or ``data``); any other dict a ``TextSource``.
+    """
     if sources is None:
         return []
-    if isinstance(sources, (str, Document, TextSource, dict)):
+    if isinstance(sources, (str, Document, TextSource, MediaSource, dict)):
         sources = [sources]
-    out: list[TextSource] = []
+    out: list[Source] = []
     for k, item in enumerate(sources):
         position = start + k
         if isinstance(item, Document):
             out.append(document_to_source(item, position))
-        elif isinstance(item, TextSource):
+        elif isinstance(item, (TextSource, MediaSource)):
             out.append(item)
         elif isinstance(item, dict):
+            media = item.get("modality") in _MEDIA_TYPES and "text" not in item
             try:
-                out.append(TextSource(**{"id": str(position), **item}))
+                if media:
+                    out.append(MediaSource(**{"id": str(position), **item}))
+                else:
+                    out.append(TextSource(**{"id": str(position), **item}))
             except Exception as exc:
                 raise InvalidInputError(
                     f"source #{position} ({item.get('id')!r}) is invalid: {exc}"
@@ -126,7 +164,8 @@ def coerce_sources(sources: Any, start: int = 0) -> list[TextSource]:
             out.append(TextSource(id=str(position), text=item))
         else:
             raise InvalidInputError(
-                f"source #{position} must be a Document, TextSource, dict or str, got {type(item).__name__}"
+                f"source #{position} must be a Document, TextSource, MediaSource, dict or str, "
+                f"got {type(item).__name__}"
             )
     return out
 
@@ -187,7 +226,189 @@ def _block_to_source(block: dict[str, Any], counter: int) -> TextSource:
     )
 
 
-def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[TextSource]]:
+def _media_block_id(block: dict[str, Any], modality: str, counter: int) -> tuple[str, str | None]:
+    """The id a media block is cited by, and the LangChain-generated id it replaced (if any)."""
+    value = block.get("id")
+    if block.get("source_type") == "id":  # a v0 ID block: its ``id`` is a provider file id
+        value = None
+    if isinstance(value, str) and _AUTO_ID.match(value):
+        return f"{modality}-{counter}", value
+    if value is None:
+        return f"{modality}-{counter}", None
+    return _block_id(block, str(block["type"]), counter), None
+
+
+def _decode_base64_bytes(data: Any, what: str) -> bytes:
+    """Strict base64 (whitespace and line breaks allowed) to bytes; errors name the block."""
+    if isinstance(data, bytes):
+        data = data.decode("ascii", errors="replace")
+    if not isinstance(data, str):
+        raise InvalidInputError(f"{what}: base64 data must be a string, got {type(data).__name__}")
+    compact = "".join(data.split())
+    if not compact:
+        raise InvalidInputError(f"{what}: base64 data is empty")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{what}: base64 data is not valid base64 ({exc})") from exc
+
+
+def _decode_data_url(url: str, what: str) -> tuple[bytes, str | None]:
+    """The bytes and MIME type of a ``data:[<mime>][;base64],<payload>`` URL."""
+    header, sep, payload = url[len("data:") :].partition(",")
+    if not sep:
+        raise InvalidInputError(f"{what}: malformed data: URL (no ',' before the data)")
+    params = header.split(";")
+    mime = params[0].strip() or None
+    if "base64" in (p.strip() for p in params[1:]):
+        data = _decode_base64_bytes(unquote(payload), what)
+    else:
+        data = unquote_to_bytes(payload)
+    if not data:
+        raise InvalidInputError(f"{what}: the data: URL holds no data")
+    return data, mime
+
+
+def _local_path(value: str, what: str) -> str:
+    """A local file's absolute path; raises ``MediaError`` naming the block if there is none."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise MediaError(f"{what}: file {value!r} not found")
+    if not path.is_file():
+        raise MediaError(f"{what}: {value!r} is not a file")
+    return str(path.resolve())
+
+
+def _url_content(url: str, kind: str, sid: str, what: str) -> tuple[bytes | None, str | None, str | None]:
+    """``(data, path, mime)`` for a block's ``url``: data: URLs, file:// URLs and local paths."""
+    if url.startswith("data:"):
+        data, mime = _decode_data_url(url, what)
+        return data, None, mime
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise UnsupportedContentError(
+                f"{what}: file URL {url!r} names another host ({parsed.netloc!r}); only local "
+                f"files can be read ({_MEDIA_HINT})"
+            )
+        return None, _local_path(url2pathname(unquote(parsed.path)), what), None
+    if scheme and len(scheme) > 1:  # http(s), s3, gs, ftp...; one letter is a Windows drive
+        raise UnsupportedContentError(
+            f"content block {sid!r} of type {kind!r} is not supported with a remote url ({url!r}): "
+            f"ChatOmniTrace downloads nothing; {_MEDIA_HINT}"
+        )
+    return None, _local_path(url, what), None
+
+
+def _media_fields(block: dict[str, Any], kind: str, what: str) -> dict[str, Any]:
+    """The block's content reference, whatever its format: ``base64`` / ``url`` / ``path`` /
+    ``file_id`` / ``mime_type`` (missing keys are None) plus format-specific metadata."""
+    if kind == "image_url":
+        inner = block.get("image_url")
+        url = inner.get("url") if isinstance(inner, dict) else inner
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidInputError(f"{what} has no image_url.url")
+        detail = inner.get("detail") if isinstance(inner, dict) else None
+        return {"url": url, "extra": {"detail": detail} if detail else {}}
+    if kind == "input_audio":
+        inner = block.get("input_audio")
+        if not isinstance(inner, dict) or inner.get("data") is None:
+            raise InvalidInputError(f"{what} has no input_audio.data (base64 audio)")
+        fmt = inner.get("format")
+        mime = f"audio/{fmt}" if isinstance(fmt, str) and fmt else None
+        return {"base64": inner["data"], "mime_type": mime, "extra": {"format": fmt} if fmt else {}}
+    fields: dict[str, Any] = {
+        "base64": block.get("base64"),
+        "url": block.get("url"),
+        "path": block.get("path"),
+        "file_id": block.get("file_id"),
+        "mime_type": block.get("mime_type"),
+        "extra": {},
+    }
+    source_type = block.get("source_type")  # LangChain v0 blocks
+    if source_type == "base64":
+        fields["base64"] = block.get("data")
+    elif source_type == "id":
+        fields["file_id"] = block.get("id")
+    return fields
+
+
+def _media_block_to_source(block: dict[str, Any], counter: int) -> MediaSource:
+    """One image / audio / video content block as a ``MediaSource`` (no download, ever).
+
+    Raises:
+        UnsupportedContentError: for a remote url or a ``file_id`` (nothing is downloaded).
+        MediaError: for a local file that does not exist.
+        InvalidInputError: for invalid base64, a malformed data: URL, no content, or a MIME
+            type of another modality.
+    """
+    kind = str(block["type"])
+    modality = _MEDIA_TYPES[kind]
+    sid, generated_id = _media_block_id(block, modality, counter)
+    what = f"{kind} content block {sid!r}"
+    fields = _media_fields(block, kind, what)
+    url = fields.get("url")
+    if url is not None and not isinstance(url, str):
+        raise InvalidInputError(f"{what}: url must be a string, got {type(url).__name__}")
+    mime = fields.get("mime_type")
+    data: bytes | None = None
+    path: str | None = None
+    if fields.get("base64") is not None:
+        b64 = fields["base64"]
+        if isinstance(b64, str) and b64.startswith("data:"):
+            data, url_mime = _decode_data_url(b64, what)
+            mime = mime or url_mime
+        else:
+            data = _decode_base64_bytes(b64, what)
+    elif fields.get("path") is not None:
+        if not isinstance(fields["path"], str) or not fields["path"].strip():
+            raise InvalidInputError(f"{what}: path must be a non-empty string")
+        path = _local_path(fields["path"], what)
+    elif url:
+        data, path, url_mime = _url_content(url, kind, sid, what)
+        mime = mime or url_mime
+    elif fields.get("file_id"):
+        raise UnsupportedContentError(
+            f"{what} refers to an uploaded file (file_id {fields['file_id']!r}): ChatOmniTrace "
+            f"downloads nothing; {_MEDIA_HINT}"
+        )
+    else:
+        raise InvalidInputError(f"{what} carries no data: {_MEDIA_HINT}")
+    if data is not None and not data:
+        raise InvalidInputError(f"{what}: the data is empty (0 bytes)")
+    if mime is None and path is not None:
+        mime = mimetypes.guess_type(path)[0]
+    if mime is not None and not isinstance(mime, str):
+        raise InvalidInputError(f"{what}: mime_type must be a string, got {type(mime).__name__}")
+    major = mime.split("/", 1)[0] if mime else ""
+    if major in ("image", "audio", "video") and major != modality:
+        raise InvalidInputError(f"{what}: MIME type {mime!r} is not {modality}")
+    extras = block.get("extras") if isinstance(block.get("extras"), dict) else {}
+    meta: dict[str, Any] = {"block_type": kind, **fields["extra"]}
+    if mime:
+        meta["mime_type"] = mime
+    if generated_id:
+        meta["block_id"] = generated_id
+    meta.update(extras or {})
+    remote = url if url and not url.startswith("data:") else None
+    title = block.get("title") or (extras or {}).get("title")
+    try:
+        return MediaSource(
+            id=sid,
+            modality=modality,
+            path=path,
+            data=data,
+            mime_type=mime,
+            title=str(title) if title else None,
+            url=remote,
+            metadata=_json_safe(meta),
+        )
+    except ValueError as exc:
+        raise InvalidInputError(f"{what} is invalid: {exc}") from exc
+
+
+def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[Source]]:
     """The message's plain text and the sources its content blocks carry."""
     content = message.content
     if isinstance(content, str):
@@ -198,7 +419,7 @@ def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[
             f"got {type(content).__name__}"
         )
     texts: list[str] = []
-    sources: list[TextSource] = []
+    sources: list[Source] = []
     for item in content:
         if isinstance(item, str):
             texts.append(item)
@@ -221,24 +442,22 @@ def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[
         elif kind in _IGNORED_TYPES:
             continue
         elif kind in _MEDIA_TYPES:
-            raise UnsupportedContentError(
-                f"content block type {kind!r} is not supported: ChatOmniTrace traces text sources only "
-                "(text-plain and text file blocks, tool output, or sources=[Document, ...])"
-            )
+            counter[0] += 1
+            sources.append(_media_block_to_source(item, counter[0]))
         else:
             raise UnsupportedContentError(
-                f"content block type {kind!r} is not supported by ChatOmniTrace "
-                "(supported: text, text-plain, file with a text MIME type)"
+                f"content block type {kind!r} is not supported by ChatOmniTrace (supported: text, "
+                "text-plain, file with a text MIME type, image, audio, video)"
             )
     return "".join(texts), sources
 
 
-def _tool_sources(message: ToolMessage, counter: list[int]) -> tuple[str, list[TextSource]]:
+def _tool_sources(message: ToolMessage, counter: list[int]) -> tuple[str, list[Source]]:
     artifact = message.artifact
     if isinstance(artifact, Document):
         artifact = [artifact]
     if isinstance(artifact, list) and artifact and all(isinstance(d, Document) for d in artifact):
-        docs = []
+        docs: list[Source] = []
         for doc in artifact:
             counter[0] += 1
             docs.append(document_to_source(doc, counter[0]))
@@ -272,8 +491,11 @@ def read_messages(messages: Sequence[BaseMessage], extra_sources: Any = None) ->
         The request; ``sources`` is empty when nothing cites.
 
     Raises:
-        UnsupportedContentError: for media or unknown content block types, or non-text files.
-        InvalidInputError: for empty / duplicate ids, non-string content, or no question.
+        UnsupportedContentError: for unknown content block types, non-text files, or media given
+            only as a remote url / ``file_id`` (nothing is downloaded).
+        MediaError: for a media block naming a local file that does not exist.
+        InvalidInputError: for empty / duplicate ids, non-string content, invalid base64, or no
+            question.
     """
     counter = [0]
     request = ChatRequest()
@@ -315,7 +537,7 @@ def read_messages(messages: Sequence[BaseMessage], extra_sources: Any = None) ->
     return request
 
 
-def _check_ids(sources: list[TextSource]) -> None:
+def _check_ids(sources: list[Source]) -> None:
     seen: dict[str, int] = {}
     for i, src in enumerate(sources):
         if src.id in seen:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from omnitrace_core import SentenceAttribution, TextSource, TracedAnswer
+from omnitrace_core import SentenceAttribution, TracedAnswer
+from omnitrace_core.sources import Source
 
 
 class SourceLabels:
@@ -21,9 +22,9 @@ class SourceLabels:
         short: Use ``doc1``, ``doc2``... in the prompt; when False the ids are shown unchanged.
     """
 
-    def __init__(self, sources: Sequence[TextSource], short: bool = True) -> None:
+    def __init__(self, sources: Sequence[Source], short: bool = True) -> None:
         self.to_id: dict[str, str] = {}
-        self.labelled: list[TextSource] = []
+        self.labelled: list[Source] = []
         taken = {s.id for s in sources}
         n = 0
         for src in sources:

@@ -35,6 +35,7 @@ from llama_index.core.llms.custom import CustomLLM
 from pydantic import Field, PrivateAttr
 
 from omnitrace_core import (
+    Citation,
     ContextLengthError,
     FinalEvent,
     InvalidInputError,
@@ -58,12 +59,31 @@ NO_SOURCES_NOTE = "no sources in the messages: generated plainly, nothing attrib
 _DONE = object()
 
 
+def media_location_info(citation: Citation) -> dict[str, int]:
+    """Where in a media file a citation points, as integers (``CitationBlock`` only takes ints).
+
+    Audio / video (and transcripts): ``span<k>_start_ms`` / ``span<k>_end_ms`` per cited
+    stretch, in milliseconds; images: ``box<k>_x0`` / ``_y0`` / ``_x1`` / ``_y1`` per cited
+    region, in pixels (``k`` from 0). Empty for a text citation. The exact values (seconds as
+    floats) are in the core result, ``additional_kwargs["omnitrace"]``.
+    """
+    info: dict[str, int] = {}
+    for k, (start, end) in enumerate(citation.seconds):
+        info[f"span{k}_start_ms"] = round(start * 1000)
+        info[f"span{k}_end_ms"] = round(end * 1000)
+    for k, box in enumerate(citation.boxes):
+        for name, value in zip(("x0", "y0", "x1", "y1"), box, strict=True):
+            info[f"box{k}_{name}"] = int(value)
+    return info
+
+
 def citation_blocks(sentence: SentenceAttribution) -> list[CitationBlock]:
     """One ``CitationBlock`` per cited unit of ``sentence``.
 
     ``additional_location_info`` holds the sentence's index and character span in the
-    answer (``start_char_index`` / ``end_char_index``) and the cited unit's span in its
-    source (``source_start_char_index`` / ``source_end_char_index``).
+    answer (``start_char_index`` / ``end_char_index``), the cited unit's span in its
+    source (``source_start_char_index`` / ``source_end_char_index``) and, for a media
+    citation, its time spans or pixel boxes (:func:`media_location_info`).
     """
     return [
         CitationBlock(
@@ -76,6 +96,7 @@ def citation_blocks(sentence: SentenceAttribution) -> list[CitationBlock]:
                 "end_char_index": sentence.char_end,
                 "source_start_char_index": c.char_start,
                 "source_end_char_index": c.char_end,
+                **media_location_info(c),
             },
         )
         for c in sentence.citations
@@ -233,7 +254,8 @@ class OmniTraceLLM(CustomLLM):
         updates: dict[str, Any] = {"split_sources": split}
         if system:
             updates["system_prompt"] = system
-        cfg = (config or tracer.config).model_copy(update=updates)
+        # ``tracer_config`` applies per call too (e.g. audio_fallback="asr" with a given tracer).
+        cfg = (config or self.tracer_config or tracer.config).model_copy(update=updates)
         return self._traced(tracer, parsed, cfg, gen)
 
     def _traced(

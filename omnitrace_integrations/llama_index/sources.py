@@ -1,17 +1,32 @@
-"""LlamaIndex inputs -> OmniTrace text sources.
+"""LlamaIndex inputs -> OmniTrace sources.
 
 Nodes (from a retriever or query engine) and chat content blocks (``CitableBlock``,
 ``DocumentBlock``) become :class:`omnitrace_core.TextSource` objects whose ids are the
 caller's (node id, block source, document title), so every citation points back to them.
-Nodes and blocks without text (image, audio, video) are skipped with a note until the core
-attributes other modalities; duplicate ids are merged when identical and refused otherwise.
+
+``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` content, and nodes without text that hold
+an image, audio or video (``ImageNode``, ``Node.image_resource`` / ``audio_resource`` /
+``video_resource``), become :class:`omnitrace_core.sources.MediaSource` objects: the block's or
+node's bytes (LlamaIndex stores them base64-encoded), its ``path``, or a ``file://`` /
+``data:`` URL. Nothing is ever downloaded: a chat block with only an ``http(s)`` URL is
+refused (:class:`UnsupportedContentError`), a retrieved node with one is skipped with a note.
+Whether the model can read the medium is the tracer's decision (a text model raises
+``UnsupportedModalityError``, or transcribes audio with ``TracerConfig(audio_fallback="asr")``).
+Duplicate ids are merged when identical and refused otherwise.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import mimetypes
 from collections.abc import Sequence
+from io import IOBase
+from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.request import url2pathname
 
 from llama_index.core.base.llms.types import (
     AudioBlock,
@@ -27,42 +42,57 @@ from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, Node, Nod
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnitrace_core import InvalidInputError, TextSource
+from omnitrace_core.errors import MediaError
+from omnitrace_core.sources import MediaModality, MediaSource, Source
 
 logger = logging.getLogger("omnitrace.llama_index")
 
 _SCALARS = (str, int, float, bool, type(None))
-SourceLike: TypeAlias = TextSource | dict[str, Any] | NodeWithScore | BaseNode
+SourceLike: TypeAlias = TextSource | MediaSource | dict[str, Any] | NodeWithScore | BaseNode
+MediaBlock: TypeAlias = ImageBlock | AudioBlock | VideoBlock
+
+#: How to hand over a file instead of a remote URL (in errors and notes).
+MEDIA_HINT = (
+    "pass a local file (path=... or url='file:///path/to/file') or the bytes themselves "
+    "(image= / audio= / video=)"
+)
+
+
+class UnsupportedContentError(InvalidInputError):
+    """A content block cannot be used as given (e.g. only a remote URL); the message says why and how."""
 
 
 class PreparedSources(BaseModel):
     """Sources ready for the tracer, with what was left out and why.
 
     Attributes:
-        sources: Text sources in input order, ids unique.
+        sources: Text and media sources in input order, ids unique.
         nodes: Source id -> the node it came from (node inputs only).
         notes: One human-readable line per skipped or merged input.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    sources: list[TextSource] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
     nodes: dict[str, NodeWithScore] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
-    def add(self, source: TextSource, node: NodeWithScore | None = None) -> None:
+    def add(self, source: Source, node: NodeWithScore | None = None) -> None:
         """Append ``source``; merge an identical duplicate, refuse a conflicting one.
 
         Raises:
-            InvalidInputError: if a different text arrives under an id already present.
+            InvalidInputError: if a different text (or file) arrives under an id already present.
         """
         for existing in self.sources:
             if existing.id != source.id:
                 continue
-            if existing.text == source.text:
-                self.note(f"duplicate source id {source.id!r}: identical text, kept once")
+            if _content(existing) == _content(source):
+                what = "text" if isinstance(source, TextSource) else f"{source.modality} content"
+                self.note(f"duplicate source id {source.id!r}: identical {what}, kept once")
                 return
             raise InvalidInputError(
-                f"duplicate source id {source.id!r} with different text: ids must identify one text"
+                f"duplicate source id {source.id!r} with different content: ids must identify one "
+                "text or file"
             )
         self.sources.append(source)
         if node is not None:
@@ -72,6 +102,12 @@ class PreparedSources(BaseModel):
         """Record (and log) why an input was skipped or merged."""
         logger.warning("%s", message)
         self.notes.append(message)
+
+
+def _content(source: Source) -> tuple[Any, ...]:
+    if isinstance(source, TextSource):
+        return ("text", source.text)
+    return (source.modality, source.path, source.data)
 
 
 def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -97,37 +133,222 @@ def _non_text_kind(node: BaseNode) -> str:
     return "non-text"
 
 
-def node_source(item: NodeWithScore | BaseNode) -> TextSource | str:
-    """One node as a text source, or a note saying why it cannot be one.
+def _decode_base64(data: bytes | str, what: str) -> bytes:
+    """Strict base64 to bytes (LlamaIndex stores block and node bytes base64-encoded)."""
+    compact = b"".join(data.split()) if isinstance(data, bytes) else "".join(data.split())
+    if not compact:
+        raise InvalidInputError(f"{what}: the data is empty")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{what}: the data is not valid base64 ({exc})") from exc
 
-    The source text is the node's own text (``MetadataMode.NONE``), so character offsets of
-    citations are relative to ``node.text``. The title is the node's ``title`` or
-    ``file_name`` metadata; the node id, ref doc id, retrieval score and metadata ride along
-    in ``TextSource.metadata``.
+
+def _data_url(url: str, what: str) -> tuple[bytes, str | None]:
+    """The bytes and MIME type of a ``data:[<mime>][;base64],<payload>`` URL."""
+    header, sep, payload = url[len("data:") :].partition(",")
+    if not sep:
+        raise InvalidInputError(f"{what}: malformed data: URL (no ',' before the data)")
+    params = header.split(";")
+    data = (
+        _decode_base64(unquote(payload), what)
+        if "base64" in (p.strip() for p in params[1:])
+        else unquote_to_bytes(payload)
+    )
+    if not data:
+        raise InvalidInputError(f"{what}: the data: URL holds no data")
+    return data, params[0].strip() or None
+
+
+def _existing_file(path: str | Path, what: str) -> str:
+    """A local file's absolute path; ``MediaError`` naming ``what`` if it is missing."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        state = "is not a file" if resolved.exists() else "not found"
+        raise MediaError(f"{what}: file {str(path)!r} {state}")
+    return str(resolved.resolve())
+
+
+def _resolve_url(url: str, what: str) -> tuple[bytes | None, str | None, str | None]:
+    """``(data, path, mime)`` for a ``data:`` or ``file://`` URL.
+
+    Raises:
+        UnsupportedContentError: for any other URL (nothing is downloaded).
+        MediaError: for a ``file://`` URL to a missing file.
+    """
+    if url.startswith("data:"):
+        data, mime = _data_url(url, what)
+        return data, None, mime
+    parsed = urlparse(url)
+    if parsed.scheme.lower() == "file" and parsed.netloc in ("", "localhost"):
+        return None, _existing_file(url2pathname(unquote(parsed.path)), what), None
+    raise UnsupportedContentError(
+        f"{what} has only a remote url ({url!r}): nothing is downloaded; {MEDIA_HINT}"
+    )
+
+
+def _read_bytes(value: bytes | str | IOBase, what: str) -> bytes:
+    if isinstance(value, IOBase):  # kept as given by LlamaIndex: raw bytes
+        value.seek(0)
+        raw = value.read()
+        return raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    return _decode_base64(value, what)
+
+
+def _mime(modality: str, mime: str | None, path: str | None, what: str) -> str | None:
+    """The MIME type (guessed from the path if not given); refuse one of another modality."""
+    if not mime and path is not None:
+        mime = mimetypes.guess_type(path)[0]
+    major = mime.split("/", 1)[0] if mime else ""
+    if major in ("image", "audio", "video") and major != modality:
+        raise InvalidInputError(f"{what}: MIME type {mime!r} is not {modality}")
+    return mime or None
+
+
+def _audio_mime(fmt: str | None) -> str | None:
+    """``AudioBlock.format`` (an extension such as ``wav``, ``mp3``) as a MIME type."""
+    if not fmt:
+        return None
+    if "/" in fmt:
+        return fmt
+    return mimetypes.guess_type(f"x.{fmt}")[0] or f"audio/{fmt}"
+
+
+def media_block_source(block: MediaBlock, source_id: str, title: str | None = None) -> MediaSource:
+    """An ``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` as a media source (no download, ever).
+
+    Content is read from the block's bytes (``image`` / ``audio`` / ``video``, stored
+    base64-encoded by LlamaIndex, or a file object), else its ``path``, else a ``data:`` or
+    ``file://`` ``url``.
+
+    Raises:
+        UnsupportedContentError: if the block has only an http(s) (or other remote) URL.
+        MediaError: if its file does not exist.
+        InvalidInputError: for invalid base64, a malformed data: URL, or no content at all.
+    """
+    modality: MediaModality = block.block_type
+    what = f"{block.block_type} block {source_id!r}"
+    if isinstance(block, ImageBlock):
+        raw, mime = block.image, block.image_mimetype
+    elif isinstance(block, AudioBlock):
+        raw, mime = block.audio, _audio_mime(block.format)
+    else:
+        raw, mime = block.video, block.video_mimetype
+    data: bytes | None = None
+    path: str | None = None
+    url = str(block.url) if block.url is not None else None
+    if raw is not None:
+        data = _read_bytes(raw, what)
+    elif block.path is not None:
+        path = _existing_file(block.path, what)
+    elif url:
+        data, path, url_mime = _resolve_url(url, what)
+        mime = mime or url_mime
+    else:
+        raise InvalidInputError(f"{what} has no content: {MEDIA_HINT}")
+    if data is not None and not data:
+        raise InvalidInputError(f"{what}: the data is empty (0 bytes)")
+    meta: dict[str, Any] = {"block_type": block.block_type}
+    if getattr(block, "detail", None):
+        meta["detail"] = block.detail  # type: ignore[union-attr]
+    if isinstance(block, VideoBlock) and block.fps:
+        meta["fps"] = block.fps
+    return MediaSource(
+        id=source_id,
+        modality=modality,
+        path=path,
+        data=data,
+        mime_type=_mime(modality, mime, path, what),
+        title=title,
+        url=url if url and not url.startswith("data:") else None,
+        metadata=meta,
+    )
+
+
+def _node_media(node: BaseNode) -> tuple[MediaModality, Any, str | None, str | None, str | None] | None:
+    """``(modality, base64 data, path, url, mime)`` of a node's image / audio / video, if any."""
+    if isinstance(node, ImageNode):
+        if node.image or node.image_path or node.image_url:
+            return "image", node.image, node.image_path, node.image_url, node.image_mimetype
+        return None
+    if isinstance(node, Node):
+        kinds: tuple[MediaModality, ...] = ("image", "audio", "video")
+        for kind in kinds:
+            res = getattr(node, f"{kind}_resource", None)
+            if res is not None and (res.data or res.path or res.url):
+                path = str(res.path) if res.path is not None else None
+                url = str(res.url) if res.url is not None else None
+                return kind, res.data, path, url, res.mimetype
+    return None
+
+
+def _node_media_source(nws: NodeWithScore, metadata: dict[str, Any], title: str | None) -> Source | str:
+    """A text-less node's image / audio / video as a media source, or a note why it is skipped.
+
+    Remote-only (http) media and missing files are skipped with a note, never downloaded;
+    invalid base64 data raises ``InvalidInputError`` naming the node.
+    """
+    node = nws.node
+    found = _node_media(node)
+    kind = _non_text_kind(node)
+    if found is None:
+        return f"node {node.node_id!r} has no text ({kind} content) and no file or data, and was skipped"
+    modality, raw, path, url, mime = found
+    what = f"node {node.node_id!r} ({modality})"
+    data: bytes | None = None
+    try:
+        if raw:
+            data = _read_bytes(raw, what)
+        elif path:
+            path = _existing_file(path, what)
+        elif url:
+            data, path, url_mime = _resolve_url(url, what)
+            mime = mime or url_mime
+    except (UnsupportedContentError, MediaError) as exc:
+        return f"node {node.node_id!r} has no text ({modality} content) and was skipped: {exc}"
+    remote = url if url and not url.startswith("data:") else None
+    return MediaSource(
+        id=node.node_id,
+        modality=modality,
+        path=path if data is None else None,
+        data=data,
+        mime_type=_mime(modality, mime, path, what),
+        title=title,
+        url=remote,
+        metadata=metadata,
+    )
+
+
+def node_source(item: NodeWithScore | BaseNode) -> Source | str:
+    """One node as a source, or a note saying why it cannot be one.
+
+    A node with text becomes a text source: its own text (``MetadataMode.NONE``), so
+    character offsets of citations are relative to ``node.text``. A node without text that
+    holds an image / audio / video (``ImageNode``, ``Node.*_resource``) becomes a media
+    source; remote-only media (nothing is downloaded) and missing files give a note. The title
+    is the node's ``title`` or ``file_name`` metadata; the node id, ref doc id, retrieval score
+    and metadata ride along in the source's ``metadata``.
     """
     nws = item if isinstance(item, NodeWithScore) else NodeWithScore(node=item)
     node = nws.node
     text = node.get_content(metadata_mode=MetadataMode.NONE)
-    if not text or not text.strip():
-        kind = _non_text_kind(node)
-        return (
-            f"node {node.node_id!r} has no text ({kind} content) and was skipped: only text "
-            "nodes are attributed until multimodal support lands"
-        )
     meta = node.metadata or {}
     title = meta.get("title") or meta.get("file_name")
+    metadata = {
+        "node_id": node.node_id,
+        "ref_doc_id": node.ref_doc_id,
+        "retrieval_score": nws.score,
+        "node_metadata": json_safe(meta),
+    }
+    if not text or not text.strip():
+        return _node_media_source(nws, metadata, str(title) if title else None)
     url = meta.get("url") or meta.get("file_path")
     return TextSource(
         id=node.node_id,
         text=text,
         title=str(title) if title else None,
         url=str(url) if url else None,
-        metadata={
-            "node_id": node.node_id,
-            "ref_doc_id": node.ref_doc_id,
-            "retrieval_score": nws.score,
-            "node_metadata": json_safe(meta),
-        },
+        metadata=metadata,
     )
 
 
@@ -152,7 +373,11 @@ def prepare_node_sources(nodes: Sequence[NodeWithScore | BaseNode]) -> PreparedS
 
 
 def coerce_sources(items: Sequence[SourceLike]) -> PreparedSources:
-    """Sources given directly (``sources=`` keyword): TextSources, dicts or nodes."""
+    """Sources given directly (``sources=`` keyword): TextSources, MediaSources, dicts or nodes.
+
+    A dict with ``modality`` ``image`` / ``audio`` / ``video`` and no ``text`` becomes a
+    ``MediaSource``; any other dict a ``TextSource``.
+    """
     prepared = PreparedSources()
     for i, item in enumerate(items):
         if isinstance(item, (NodeWithScore, BaseNode)):
@@ -162,16 +387,18 @@ def coerce_sources(items: Sequence[SourceLike]) -> PreparedSources:
                 prepared.note(src)
             else:
                 prepared.add(src, nws)
-        elif isinstance(item, TextSource):
+        elif isinstance(item, (TextSource, MediaSource)):
             prepared.add(item)
         elif isinstance(item, dict):
+            media = item.get("modality") in ("image", "audio", "video") and "text" not in item
             try:
-                prepared.add(TextSource(**item))
+                prepared.add(MediaSource(**item) if media else TextSource(**item))
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"source #{i} ({item.get('id')!r}) is invalid: {exc}") from exc
         else:
             raise InvalidInputError(
-                f"source #{i} must be a TextSource, dict, NodeWithScore or node, got {type(item).__name__}"
+                f"source #{i} must be a TextSource, MediaSource, dict, NodeWithScore or node, "
+                f"got {type(item).__name__}"
             )
     return prepared
 
@@ -180,7 +407,7 @@ class ParsedMessages(BaseModel):
     """Chat messages split into what the tracer needs.
 
     Attributes:
-        prepared: Sources found in ``CitableBlock`` / ``DocumentBlock`` content.
+        prepared: Sources found in ``CitableBlock`` / ``DocumentBlock`` / media block content.
         question: Text of the last user message, preceded by earlier turns if any.
         system_prompt: Text of the system messages, if any.
         turns: (role, text) of every non-system message, for plain generation.
@@ -207,45 +434,64 @@ def _document_text(block: DocumentBlock) -> str | None:
     return text if text.strip() else None
 
 
-def _citable_text(block: CitableBlock, prepared: PreparedSources) -> str | None:
+def _citable_sources(block: CitableBlock, prepared: PreparedSources) -> list[Source]:
+    """A citable block's text (and text documents) as one source with id ``block.source``;
+    its images as media sources: id ``block.source`` when an image is all it holds, else
+    ``<source>:image-<k>``."""
     parts: list[str] = []
+    media: list[ImageBlock] = []
     for inner in block.content:
         if isinstance(inner, TextBlock):
             parts.append(inner.text)
         elif isinstance(inner, DocumentBlock) and (doc := _document_text(inner)) is not None:
             parts.append(doc)
+        elif isinstance(inner, ImageBlock):
+            media.append(inner)
         else:
             prepared.note(
-                f"citable block {block.source!r}: {inner.block_type} content skipped (text only until "
-                "multimodal support lands)"
+                f"citable block {block.source!r}: {inner.block_type} content skipped (only text "
+                "documents are attributed)"
             )
     text = "\n".join(p for p in parts if p.strip())
-    return text or None
+    title = block.title or None
+    out: list[Source] = [TextSource(id=block.source, text=text, title=title)] if text else []
+    for k, inner in enumerate(media, 1):
+        sid = block.source if not text and len(media) == 1 else f"{block.source}:{inner.block_type}-{k}"
+        out.append(media_block_source(inner, sid, title))
+    return out
 
 
 def parse_messages(messages: Sequence[ChatMessage]) -> ParsedMessages:
     """Find sources, the question and the system prompt in LlamaIndex chat messages.
 
-    ``CitableBlock`` -> a source with id ``block.source`` and title ``block.title``;
-    ``DocumentBlock`` with text content -> a source with id its title (numbered if the
-    title is the default or repeated); ``TextBlock`` -> the message's text; image, audio and
-    video blocks -> skipped with a note.
+    ``CitableBlock`` -> a source with id ``block.source`` and title ``block.title`` (an image
+    in it -> a media source, see :func:`_citable_sources`); ``DocumentBlock`` with text content
+    -> a source with id its title (numbered if the title is the default or repeated);
+    ``TextBlock`` -> the message's text; ``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` -> a
+    media source with id ``<type>-<n>`` (``image-1``, ``audio-2``..., numbered over the media
+    blocks of all messages).
+
+    Raises:
+        UnsupportedContentError: for a media block with only a remote URL (nothing is downloaded).
+        MediaError: for a media block whose file does not exist.
+        InvalidInputError: for invalid base64 data, or conflicting sources under one id.
     """
     prepared = PreparedSources()
     system: list[str] = []
     turns: list[tuple[str, str]] = []
     doc_count = 0
+    media_count = 0
     for message in messages:
         texts: list[str] = []
         for block in message.blocks:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, CitableBlock):
-                text = _citable_text(block, prepared)
-                if text is None:
+                found = _citable_sources(block, prepared)
+                if not found:
                     prepared.note(f"citable block {block.source!r} has no text and was skipped")
-                    continue
-                prepared.add(TextSource(id=block.source, text=text, title=block.title or None))
+                for src in found:
+                    prepared.add(src)
             elif isinstance(block, DocumentBlock):
                 doc_count += 1
                 text = _document_text(block)
@@ -260,9 +506,13 @@ def parse_messages(messages: Sequence[ChatMessage]) -> ParsedMessages:
                 doc_id = label if label != "input_document" and label not in taken else f"{label}-{doc_count}"
                 prepared.add(TextSource(id=doc_id, text=text, title=block.title))
             elif isinstance(block, (ImageBlock, AudioBlock, VideoBlock)):
-                prepared.note(
-                    f"{block.block_type} block skipped: only text is attributed until multimodal lands"
-                )
+                media_count += 1
+                taken = {s.id for s in prepared.sources}
+                sid = f"{block.block_type}-{media_count}"
+                while sid in taken:
+                    media_count += 1
+                    sid = f"{block.block_type}-{media_count}"
+                prepared.add(media_block_source(block, sid))
         text = "\n".join(t for t in texts if t.strip())
         if message.role == MessageRole.SYSTEM:
             if text:

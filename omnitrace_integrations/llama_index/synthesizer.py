@@ -39,9 +39,9 @@ from omnitrace_core import (
     SentenceAttribution,
     SentenceEvent,
     TextDelta,
-    TextSource,
     TracedAnswer,
 )
+from omnitrace_core.sources import Source
 from omnitrace_integrations.llama_index.llm import OmniTraceLLM, _to_async
 from omnitrace_integrations.llama_index.markers import MarkerPlacer
 from omnitrace_integrations.llama_index.sources import PreparedSources, prepare_node_sources
@@ -320,10 +320,10 @@ def _answer_of(response: ChatResponse) -> TracedAnswer:
     return TracedAnswer.model_validate(response.additional_kwargs["omnitrace"])
 
 
-def _lowest(sources: list[TextSource], prepared: PreparedSources) -> TextSource:
+def _lowest(sources: list[Source], prepared: PreparedSources) -> Source:
     """The source of the lowest-scored node (the last one on ties or missing scores)."""
 
-    def key(item: tuple[int, TextSource]) -> tuple[float, int]:
+    def key(item: tuple[int, Source]) -> tuple[float, int]:
         score = prepared.nodes[item[1].id].score if item[1].id in prepared.nodes else None
         return (score if score is not None else float("-inf"), -item[0])
 

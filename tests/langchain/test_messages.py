@@ -81,7 +81,6 @@ def test_conversation_history_and_system_text() -> None:
     ("block", "match"),
     [
         ({"type": "image", "url": "http://x/y.png"}, "'image' is not supported"),
-        ({"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}, "'audio' is not supported"),
         ({"type": "video", "url": "http://x/v.mp4"}, "'video' is not supported"),
         ({"type": "mystery"}, "'mystery' is not supported"),
         (

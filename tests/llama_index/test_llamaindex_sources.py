@@ -7,7 +7,6 @@ from llama_index.core.base.llms.types import (
     ChatMessage,
     CitableBlock,
     DocumentBlock,
-    ImageBlock,
     MessageRole,
     TextBlock,
 )
@@ -71,7 +70,6 @@ def test_messages_give_sources_question_and_system_prompt() -> None:
                 CitableBlock(source="n1", title="Alpha", content="Alpha makes filters."),
                 DocumentBlock(data=b"Beta makes motors.", document_mimetype="text/plain", title="beta.txt"),
                 DocumentBlock(data=b"%PDF-1.4 ...", document_mimetype="application/pdf", title="scan.pdf"),
-                ImageBlock(url="http://example.com/a.png"),
                 TextBlock(text="What does Alpha make?"),
             ],
         ),
@@ -85,7 +83,7 @@ def test_messages_give_sources_question_and_system_prompt() -> None:
     assert parsed.question.endswith("What does Alpha make?")
     assert "user: Earlier question?" in parsed.question and "assistant: Earlier answer." in parsed.question
     notes = " ".join(parsed.prepared.notes)
-    assert "scan.pdf" in notes and "image block skipped" in notes
+    assert "scan.pdf" in notes
 
 
 def test_conflicting_citable_blocks_are_refused() -> None:
