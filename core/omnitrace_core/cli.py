@@ -17,6 +17,7 @@ from omnitrace_core.config import MappingConfig, TracerConfig
 from omnitrace_core.errors import InvalidInputError, OmniTraceError
 from omnitrace_core.evaluation import register as register_evaluation
 from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.report import register as register_report
 from omnitrace_core.results import Citation, TracedAnswer
 from omnitrace_core.sources import MediaSource, Source, TextSource
 
@@ -238,6 +239,7 @@ def predict(
 
 
 register_evaluation(app)  # omnitrace score / omnitrace eval
+register_report(app)  # omnitrace report
 
 
 def main() -> None:  # pragma: no cover - console entry
