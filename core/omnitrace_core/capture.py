@@ -228,9 +228,26 @@ def install(model: Any) -> None:
             "so its attention cannot be captured"
         )
     try:
-        model.set_attn_implementation(ATTENTION_NAME)
+        model.set_attn_implementation(_implementation_for(model))
     except Exception as exc:
         raise CaptureError(f"cannot install attention capture on {type(model).__name__}: {exc}") from exc
+
+
+def _implementation_for(model: Any) -> str | dict[str, str]:
+    """The capturing attention for the text decoder only.
+
+    A vision-language / omni model keeps its vision and audio encoders on their own attention:
+    they are not what the answer attends to, and the in-graph path of gradient signals would
+    give their bidirectional attention a causal mask.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return ATTENTION_NAME
+    text_config = config.get_text_config()
+    for key in getattr(config, "sub_configs", None) or {}:
+        if text_config is not config and getattr(config, key, None) is text_config:
+            return {key: ATTENTION_NAME}
+    return ATTENTION_NAME
 
 
 @contextlib.contextmanager

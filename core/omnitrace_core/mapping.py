@@ -44,7 +44,11 @@ class UnitIndex:
         self.end = max(u.token_end for u in units)
         owner = torch.full((self.end,), -1, dtype=torch.long)
         for i, u in enumerate(units):
-            owner[max(u.token_start, exclude_first_positions) : u.token_end] = i
+            if u.token_positions is not None:
+                kept = [p for p in u.token_positions if p >= exclude_first_positions]
+                owner[torch.tensor(kept, dtype=torch.long)] = i
+            else:
+                owner[max(u.token_start, exclude_first_positions) : u.token_end] = i
         self.owner = owner
         self._valid = owner >= 0
         self._owner_valid = owner[self._valid]

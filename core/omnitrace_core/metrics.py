@@ -301,3 +301,61 @@ def prediction_problems(prediction: Any) -> list[str]:
             if not isinstance(value, int | float) or math.isnan(value) or value < 0:
                 problems.append(f"sentence {i}: source_mass of {source_id!r} is {value!r}")
     return problems
+
+
+# -- image regions ------------------------------------------------------------------------
+# Not part of the reference scorer: image citations carry pixel boxes (``Citation.boxes``),
+# scored here against gold boxes of the same image.
+
+Box = Sequence[float]
+"""A pixel box ``(x0, y0, x1, y1)`` with ``x0 <= x1`` and ``y0 <= y1``."""
+
+
+def box_hits(box: Box, gold: Box) -> bool:
+    """Whether a cited box hits a gold box: they share area (IoU > 0) or its centre is inside.
+
+    The centre rule keeps a degenerate (zero-area) cited box from always missing.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    g0, h0, g1, h1 = (float(v) for v in gold)
+    if min(x1, g1) - max(x0, g0) > 0 and min(y1, h1) - max(y0, h0) > 0:
+        return True
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return g0 <= cx <= g1 and h0 <= cy <= h1
+
+
+def region_hit_rate(predicted_boxes: Sequence[Box], gold_boxes: Sequence[Box]) -> float | None:
+    """Share of a sentence's cited boxes that hit some gold box; None when it cites no box."""
+    if not predicted_boxes:
+        return None
+    hits = sum(any(box_hits(p, g) for g in gold_boxes) for p in predicted_boxes)
+    return hits / len(predicted_boxes)
+
+
+def region_gold_coverage(predicted_boxes: Sequence[Box], gold_boxes: Sequence[Box]) -> float | None:
+    """Share of the gold boxes hit by at least one cited box; None when there is no gold box."""
+    if not gold_boxes:
+        return None
+    covered = sum(any(box_hits(p, g) for p in predicted_boxes) for g in gold_boxes)
+    return covered / len(gold_boxes)
+
+
+def region_scores(pairs: Iterable[tuple[Sequence[Box], Sequence[Box]]]) -> Metrics:
+    """Pooled region metrics over ``(cited boxes, gold boxes)`` pairs (one per sentence).
+
+    ``region_hit_rate``: hitting cited boxes / cited boxes; ``region_gold_coverage``: gold
+    boxes hit / gold boxes (both None when there is nothing to divide by); ``region_pairs``:
+    how many pairs were scored.
+    """
+    hits = cited = covered = gold = pairs_seen = 0
+    for predicted, golden in pairs:
+        pairs_seen += 1
+        cited += len(predicted)
+        gold += len(golden)
+        hits += sum(any(box_hits(p, g) for g in golden) for p in predicted)
+        covered += sum(any(box_hits(p, g) for p in predicted) for g in golden)
+    return {
+        "region_hit_rate": hits / cited if cited else None,
+        "region_gold_coverage": covered / gold if gold else None,
+        "region_pairs": pairs_seen,
+    }

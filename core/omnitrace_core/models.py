@@ -75,6 +75,8 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     name: str
+    prompt_builder: Any = None
+    """How the model is shown sources (an omni / vision-language model's builder; None: text)."""
 
     @property
     def context_window(self) -> int:
@@ -225,6 +227,11 @@ def _load_model(name: str, **kwargs: Any) -> LoadedModel:
         return load_packaged(name, **kwargs)
     path = Path(name).expanduser()
     if path.is_dir():
+        from omnitrace_core.omni.loading import folder_spec, load_folder
+
+        if folder_spec(path) is not None:  # Qwen2-VL / Qwen2.5-VL / Qwen2.5-Omni: model + processor
+            ckpt = load_folder(path, **kwargs)
+            return LoadedModel(ckpt.model, ckpt.tokenizer, path.name, prompt_builder=ckpt.builder)
         try:
             model, tokenizer = _load_folder(path, **kwargs)
         except Exception as exc:

@@ -181,6 +181,9 @@ class SourceUnit(BaseModel):
     """Where the unit sits in its recording (audio / video units and transcript segments)."""
     box: tuple[int, int, int, int] | None = None
     """Pixel box ``(x0, y0, x1, y1)`` of an image (or video-frame) region unit."""
+    token_positions: tuple[int, ...] | None = None
+    """Explicit prompt positions when the unit's tokens are not contiguous (an image region
+    owns one stretch per merged-token row); ``token_start`` / ``token_end`` then bound them."""
 
 
 def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]:

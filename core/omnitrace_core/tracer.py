@@ -234,7 +234,13 @@ class Tracer:
         loaded = load_model(name_or_path, **load_kwargs)
         if device is not None and device_map is None:
             loaded.model.to(device)
-        return cls(loaded.model, loaded.tokenizer, config=config, model_name=loaded.name)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            config=config,
+            model_name=loaded.name,
+            prompt_builder=loaded.prompt_builder,
+        )
 
     @property
     def model(self) -> Any:
@@ -576,7 +582,9 @@ class Tracer:
         ids = torch.tensor([layout.input_ids + resp_ids], device=self.model.device)
         if signal.needs_gradients:
             ref_positions = layout.reference_positions[-_GRAD_REFERENCE_ROWS:]
-            rows = self._gradient_rows(signal, ids, [*ref_positions, *positions], layout.model_inputs)
+            rows = self._gradient_rows(
+                signal, ids, [*ref_positions, *positions], _forced_inputs(layout.model_inputs, ids.shape[1])
+            )
         else:
             ref_positions = layout.reference_positions
             session = CaptureSession(
@@ -584,7 +592,10 @@ class Tracer:
             )
             with capturing(session), torch.no_grad():
                 self.model(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **layout.model_inputs
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    use_cache=False,
+                    **_forced_inputs(layout.model_inputs, ids.shape[1]),
                 )
             rows = session.rows
         return ForcedRows(
@@ -658,6 +669,18 @@ class Tracer:
                 assert acc is not None
                 rows[pos] = (acc / len(layers)).detach()
         return rows
+
+
+def _forced_inputs(model_inputs: dict[str, Any], total: int) -> dict[str, Any]:
+    """Model inputs for a teacher-forced pass over ``total`` tokens: per-token inputs of the
+    prompt (``mm_token_type_ids``: which tokens are image / video) extended as text (0)."""
+    out = dict(model_inputs)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and value.shape[-1] < total:
+            pad = value.new_zeros((*value.shape[:-1], total - value.shape[-1]))
+            out[key] = torch.cat([value, pad], dim=-1)
+    return out
 
 
 def _source_text(src: Source) -> str:
