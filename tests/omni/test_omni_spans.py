@@ -200,7 +200,7 @@ def test_a_model_without_audio_rejects_audio_by_model_and_modality(family):
         ),
         (
             MediaSource(id="gone", modality="image", path="/nonexistent/x.png"),
-            "image source 'gone'.*does not exist",
+            "image source 'gone'.*file not found",
         ),
         (MediaSource(id="noise", modality="video", data=b"\x00\x01garbage" * 10), "video source 'noise'"),
     ],

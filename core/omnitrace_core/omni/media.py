@@ -49,26 +49,17 @@ def _open_bytes(src: MediaSource) -> BinaryIO:
 
 
 def load_image(src: MediaSource) -> Any:
-    """The source's image as an upright (EXIF orientation applied) RGB ``PIL.Image``.
-
-    Region boxes are in this image's pixels, i.e. as a viewer shows the file.
+    """The source's image as an upright RGB ``PIL.Image`` (the shared policy of
+    :func:`omnitrace_core.media.load_image`: EXIF orientation applied, longest side capped,
+    decompression bombs refused; ``info["original_size"]`` keeps the file's size, so region
+    boxes are reported in the file's pixels).
 
     Raises:
-        MediaError: if the file is missing or not a readable image.
+        MediaError: if the file is missing or not a readable image (names the source).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from omnitrace_core.media import load_image as load_shared
 
-    unreadable = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-    with _open_bytes(src) as handle:
-        try:
-            opened = Image.open(handle)
-            opened.load()
-            image = ImageOps.exif_transpose(opened) or opened
-        except unreadable as exc:
-            raise MediaError(f"image source {src.id!r} is not a readable image: {exc}") from exc
-    if image.width < 1 or image.height < 1:
-        raise MediaError(f"image source {src.id!r} is empty ({image.width}x{image.height} px)")
-    return image.convert("RGB")
+    return load_shared(src)
 
 
 def load_audio(src: MediaSource, sampling_rate: int) -> np.ndarray:
