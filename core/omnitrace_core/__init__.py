@@ -12,9 +12,11 @@ from omnitrace_core.errors import (
     CaptureError,
     ContextLengthError,
     InvalidInputError,
+    MediaError,
     ModelLoadError,
     OmniTraceError,
     UnknownNameError,
+    UnsupportedModalityError,
 )
 from omnitrace_core.results import (
     Citation,
@@ -28,7 +30,7 @@ from omnitrace_core.results import (
     TracedAnswer,
 )
 from omnitrace_core.signals import AttGrads, AttMean, RawAtt, Signal, available_signals, register_signal
-from omnitrace_core.sources import SourceUnit, TextSource
+from omnitrace_core.sources import MediaSource, SourceUnit, TextSource, TimedSegment
 from omnitrace_core.tracer import Tracer
 
 __version__ = "0.1.0"
@@ -44,6 +46,8 @@ __all__ = [
     "GenerationConfig",
     "InvalidInputError",
     "MappingConfig",
+    "MediaError",
+    "MediaSource",
     "ModelLoadError",
     "OmniTraceError",
     "RawAtt",
@@ -55,11 +59,13 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "TextSource",
+    "TimedSegment",
     "TokenAttribution",
     "TracedAnswer",
     "Tracer",
     "TracerConfig",
     "UnknownNameError",
+    "UnsupportedModalityError",
     "available_signals",
     "register_signal",
 ]
