@@ -18,6 +18,7 @@ from omnitrace_core.errors import (
     UnknownNameError,
     UnsupportedModalityError,
 )
+from omnitrace_core.rerank import RerankConfig
 from omnitrace_core.results import (
     Citation,
     FinalEvent,
@@ -51,6 +52,7 @@ __all__ = [
     "ModelLoadError",
     "OmniTraceError",
     "RawAtt",
+    "RerankConfig",
     "SentenceAttribution",
     "SentenceEvent",
     "Signal",

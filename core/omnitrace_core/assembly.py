@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from omnitrace_core.chunking import Chunker, Word
 from omnitrace_core.config import CurationConfig
-from omnitrace_core.curation import TokenVote, curate, pos_weight
+from omnitrace_core.curation import TokenVote, curate, pos_weight, unit_votes
 from omnitrace_core.mapping import TokenMapping
+from omnitrace_core.rerank import RerankConfig, rerank_sentence
 from omnitrace_core.results import Citation, SentenceAttribution, SourceInfo, TokenAttribution
 from omnitrace_core.sources import Source, SourceUnit
 
@@ -41,8 +42,10 @@ class SentenceAssembler:
         units: Sequence[SourceUnit],
         chunker: Chunker,
         curation: CurationConfig,
+        rerank: RerankConfig | None = None,
     ) -> None:
         self.sources = {s.id: s for s in sources}
+        self.rerank = rerank
         self.units = list(units)
         self.chunker = chunker
         self.curation = curation
@@ -156,7 +159,10 @@ class SentenceAssembler:
         try:
             self._tag(toks, a, b)
             votes = [TokenVote(t.mapping.unit_index, t.mapping.confidence, t.pos or "X") for t in toks]
-            for unit_index, score in curate(votes, self.curation):
+            chosen = curate(votes, self.curation)
+            if self.rerank is not None:
+                chosen = self._reranked(self.text[a:b], votes, chosen, self.rerank)
+            for unit_index, score in chosen:
                 citations.append(self._citation(self.units[unit_index], score))
             citations = merge_located(citations)
             mass = self._source_mass(toks)
@@ -175,6 +181,34 @@ class SentenceAssembler:
         )
         self.sentences.append(sentence)
         return sentence
+
+    def _reranked(
+        self, text: str, votes: list[TokenVote], curated: list[tuple[int, float]], rerank: RerankConfig
+    ) -> list[tuple[int, float]]:
+        """The units cited after re-ranking the votes by meaning (``omnitrace_core.rerank``).
+
+        Units without text (an image region) keep the curation's choice. A re-ranking failure
+        (e.g. the embedding model is not installed) is recorded and the curated citations stand.
+        """
+        texted = [i for i, u in enumerate(self.units) if u.text.strip()]
+        if not texted:
+            return curated
+        shares = unit_votes(votes, self.curation)
+        titles = {sid: title for sid, s in self.sources.items() if (title := getattr(s, "title", None))}
+        try:
+            cited = rerank_sentence(
+                text,
+                [self.units[i] for i in texted],
+                {self.units[i].unit_id: shares.get(i, 0.0) for i in texted},
+                rerank,
+                titles=titles,
+            )
+        except Exception as exc:  # never lose the attention citations over the embedder
+            self._record(f"re-ranking of sentence {len(self.sentences)} failed: {exc!r}")
+            return curated
+        index = {self.units[i].unit_id: i for i in texted}
+        keep = set(texted)
+        return [(index[u], s) for u, s in cited] + [(i, s) for i, s in curated if i not in keep]
 
     def _tag(self, toks: list[_Token], a: int, b: int) -> None:
         words: list[Word] = self.chunker.words(self.text[a:b], a)

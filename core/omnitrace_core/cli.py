@@ -53,7 +53,12 @@ DEMO_QUESTION = "How tall is the Veltra lighthouse and who was its keeper?"
 
 
 def _tracer(
-    model: str, signal: str, correction: str | None = None, threads: int | None = None, asr: bool = False
+    model: str,
+    signal: str,
+    correction: str | None = None,
+    threads: int | None = None,
+    asr: bool = False,
+    rerank: bool = False,
 ) -> Any:
     import torch
 
@@ -62,7 +67,14 @@ def _tracer(
     if threads:
         torch.set_num_threads(threads)
     mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()
-    config = TracerConfig(signal=signal, mapping=mapping, audio_fallback="asr" if asr else "error")
+    from omnitrace_core.rerank import RerankConfig
+
+    config = TracerConfig(
+        signal=signal,
+        mapping=mapping,
+        audio_fallback="asr" if asr else "error",
+        rerank=RerankConfig() if rerank else None,
+    )
     return Tracer.from_pretrained(model, config=config)
 
 
@@ -198,6 +210,9 @@ def predict(
     asr: Annotated[
         bool, typer.Option("--asr", help="Transcribe audio sources offline (text models)")
     ] = False,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-rank attention votes by embedding similarity (opt-in)")
+    ] = False,
 ) -> None:
     """Answer every dataset row and write one prediction row each (scorable by score.py).
 
@@ -208,7 +223,12 @@ def predict(
     try:
         rows = list(read_rows(data))
         tracer = _tracer(
-            model, signal, correction, threads or int(os.environ.get("OMNITRACE_THREADS", "0")), asr=asr
+            model,
+            signal,
+            correction,
+            threads or int(os.environ.get("OMNITRACE_THREADS", "0")),
+            asr=asr,
+            rerank=rerank,
         )
     except OmniTraceError as exc:
         err.print(f"[red]error:[/red] {exc}")

