@@ -8,7 +8,7 @@ like the tracer's predictions.
 
 ``random``
     Seeded per row id (order-independent, so resumed runs agree): random weights over the
-    sources, the heaviest one cited.
+    sources, the heaviest one cited. Never flags a sentence unsupported.
 ``lexical``
     BM25 (k1 1.2, b 0.75) of the sentence's content words against each source's title and
     text; cites the best source and any scoring at least ``min_relative`` of it. A sentence
@@ -20,6 +20,16 @@ like the tracer's predictions.
 ``carry_forward`` (``carry_forward:<inner>``, inner default ``lexical``)
     Runs the inner baseline; a sentence it leaves uncited takes the previous sentence's
     citations (pronouns: "It employs 405 people.").
+
+Unsupported sentences: so that the ``unsupported_*`` metrics compare the baselines with the
+tracer's grounding verdict (:mod:`omnitrace_core.grounding`), ``lexical`` and ``embedding``
+also say ``grounded: false`` for a sentence whose *support* is below ``unsupported_below``
+(its citations are kept: the flag is a separate verdict, as in the tracer). Support is, for
+``lexical``, the share of the sentence's content words found in its cited sources, and for
+``embedding`` the best cosine similarity. The thresholds (0.55 and 0.6) were picked on
+``tests/langchain/data/grounding_dev.jsonl``, the set the grounding verdict's thresholds were
+picked on (unsupported F1 0.94 and 0.81 there), never on the dev sets reported with them.
+A sentence with fewer than two content words ("Sure.") is never flagged, as in the verdict.
 
 Framework-free: only the standard library, plus sentence-transformers for ``embedding``.
 """
@@ -51,6 +61,9 @@ _STOPWORD_TEXT = """a an the this that these those it its s is are was were be b
     also very can could will would should may might must shall just only one any some all each
     answer question source sources"""
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+#: Sentences with fewer content words are never flagged unsupported (nothing to support).
+MIN_CONTENT_WORDS = 2
 
 _chunker_lock = threading.Lock()
 _chunker: Chunker | None = None
@@ -96,6 +109,10 @@ class Baseline(ABC):
     def cite(self, scores: Mapping[str, float]) -> list[tuple[str, float]]:
         """The cited ``(source_id, score)`` pairs, best first, for one sentence's scores."""
 
+    def supported(self, row: Row, sentence: str, cited: Sequence[str], scores: Mapping[str, float]) -> bool:
+        """Whether a sentence citing ``cited`` is judged supported (the default: always)."""
+        return True
+
     def predict(self, row: Row, text: str) -> Prediction:
         """One prediction row for ``text`` as the response to dataset ``row``."""
         spans = self.chunker.sentences(text)
@@ -104,6 +121,10 @@ class Baseline(ABC):
         out = []
         for (start, end), sentence, scores in zip(spans, sentences, all_scores, strict=True):
             cited = self.cite(scores)
+            grounded = bool(cited) and (
+                len(content_words(sentence)) < MIN_CONTENT_WORDS
+                or self.supported(row, sentence, [sid for sid, _ in cited], scores)
+            )
             total = sum(scores.values())
             out.append(
                 {
@@ -112,10 +133,25 @@ class Baseline(ABC):
                     "end": end,
                     "citations": [{"source_id": sid, "score": float(s)} for sid, s in cited],
                     "source_mass": {sid: (v / total if total else 0.0) for sid, v in scores.items()},
-                    "grounded": bool(cited),
+                    "grounded": grounded,
                 }
             )
         return {"id": row["id"], "text": text, "method": self.name, "sentences": out}
+
+
+def word_support(row: Row, sentence: str, cited: Sequence[str]) -> float:
+    """Share of the sentence's content words found in its cited sources (titles + texts), 0..1.
+
+    The union of the cited sources, so a sentence combining two sources is supported by both.
+    """
+    words = set(content_words(sentence))
+    if not words:
+        return 1.0
+    found: set[str] = set()
+    for source in row["sources"]:
+        if source["id"] in cited:
+            found |= set(content_words(_source_text(source)))
+    return len(words & found) / len(words)
 
 
 def _relative_pick(scores: Mapping[str, float], min_relative: float, floor: float) -> list[tuple[str, float]]:
@@ -152,10 +188,20 @@ class LexicalBaseline(Baseline):
     name = "lexical"
 
     def __init__(
-        self, min_relative: float = 0.7, k1: float = 1.2, b: float = 0.75, chunker: Chunker | None = None
+        self,
+        min_relative: float = 0.7,
+        k1: float = 1.2,
+        b: float = 0.75,
+        unsupported_below: float | None = 0.55,
+        chunker: Chunker | None = None,
     ) -> None:
         super().__init__(chunker)
         self.min_relative, self.k1, self.b = min_relative, k1, b
+        self.unsupported_below = unsupported_below
+
+    def supported(self, row: Row, sentence: str, cited: Sequence[str], scores: Mapping[str, float]) -> bool:
+        """Flag when under ``unsupported_below`` of the content words appear in the cited sources."""
+        return self.unsupported_below is None or word_support(row, sentence, cited) >= self.unsupported_below
 
     def scores(self, row: Row, sentences: Sequence[str]) -> list[dict[str, float]]:
         docs = {s["id"]: Counter(content_words(_source_text(s))) for s in row["sources"]}
@@ -194,10 +240,20 @@ class EmbeddingBaseline(Baseline):
     _lock = threading.Lock()
 
     def __init__(
-        self, margin: float = 0.05, min_similarity: float = 0.3, chunker: Chunker | None = None
+        self,
+        margin: float = 0.05,
+        min_similarity: float = 0.3,
+        unsupported_below: float | None = 0.6,
+        chunker: Chunker | None = None,
     ) -> None:
         super().__init__(chunker)
         self.margin, self.min_similarity = margin, min_similarity
+        self.unsupported_below = unsupported_below
+        self.encoded_texts = 0  # texts embedded so far (the embedding model's cost)
+
+    def supported(self, row: Row, sentence: str, cited: Sequence[str], scores: Mapping[str, float]) -> bool:
+        """Flag when the best cosine similarity is under ``unsupported_below``."""
+        return self.unsupported_below is None or max(scores.values(), default=0.0) >= self.unsupported_below
 
     @classmethod
     def model(cls) -> Any:
@@ -220,6 +276,7 @@ class EmbeddingBaseline(Baseline):
         ids = [s["id"] for s in row["sources"]]
         texts = [_source_text(s) for s in row["sources"]]
         vectors = self.model().encode([*texts, *sentences], normalize_embeddings=True)
+        self.encoded_texts += len(texts) + len(sentences)
         src, sent = vectors[: len(texts)], vectors[len(texts) :]
         sims = sent @ src.T
         return [{sid: max(0.0, float(v)) for sid, v in zip(ids, line, strict=True)} for line in sims]

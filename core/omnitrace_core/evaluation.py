@@ -1,195 +1,164 @@
-"""``omnitrace score`` and ``omnitrace eval``: score prediction files, run and compare baselines.
+"""``omnitrace score`` and ``omnitrace eval``: score prediction files, run and compare methods.
 
-``omnitrace eval DATA --out DIR [--baseline NAME ...] [--pred PRED.jsonl] [--limit N]`` runs each
-baseline on the same response texts as the attention predictions (a forced row's ``response``;
-for a generated row the text of its row in ``--pred``), scores every method per task with
-:mod:`omnitrace_core.metrics` and writes
+``omnitrace eval DATA --out DIR [--model NAME] [--method NAME ...] [--baseline NAME ...]
+[--pred PRED.jsonl] [--limit N] [--engine local|ray] [--workers N] [--address ADDR]
+[--faithfulness] [--max-new-tokens N]`` attributes every row's response text with every
+method, scores them per task with :mod:`omnitrace_core.metrics` and writes
 
-- ``DIR/predictions-<method>.jsonl`` (the shared prediction format; ``omnitrace`` is the
-  ``--pred`` file restricted to the evaluated rows),
+- ``DIR/predictions-<method>.jsonl`` (the shared prediction format, each row with its ``cost``),
 - ``DIR/failures-<method>.jsonl`` (rows whose prediction raised, with the error),
-- ``DIR/metrics.json`` and ``DIR/metrics.md`` (a table per task).
+- ``DIR/faithfulness.jsonl`` (with ``--faithfulness``: log-prob drops per row and method),
+- ``DIR/metrics.json`` and ``DIR/metrics.md`` (a table per task, cost and faithfulness tables).
+
+Same texts for every method: a forced row's ``response``; for a generated row, its text in
+``--pred`` or, without it, the answer the default method (``omnitrace``) generates, which every
+other method and baseline then attributes teacher-forced. Methods that run the model
+(:mod:`omnitrace_core.evaluation_methods`) go through :func:`omnitrace_core.engines.map_rows`
+with one task per row (``--engine ray --workers N`` spreads rows over Ray actors, each loading
+the model once); baselines (:mod:`omnitrace_core.baselines`) run in this process. With neither
+``--method`` nor ``--baseline``, the default methods and every baseline run; with only
+``--baseline`` no model is loaded and generated rows need ``--pred``.
 
 Resumable: rows already in a method's prediction file are kept (a truncated last line from an
-interrupted run is dropped), so a rerun only predicts what is missing; a method whose file is
-complete is not run again. A row that raises is recorded and skipped, never the whole run.
-Rows without a response text (generated rows when no ``--pred`` is given) are left out of
-every method's scores and counted in ``metrics.json``.
+interrupted run is dropped), so a rerun only predicts what is missing or failed. A row (or one
+method on a row) that raises is recorded and skipped, never the whole run.
 
-Exit codes (both commands): 0 all rows scored; 1 done, but rows were skipped, failed or
-malformed (the report names them); 2 unusable input (unreadable dataset, no usable row,
-unknown baseline).
+Exit codes (both commands): 0 every row scored; 1 finished, but dataset rows were skipped
+(unknown task type, missing required fields: each named), predictions were rejected (id not
+in the dataset, NaN / negative scores, invalid JSON) or rows failed; 2 nothing usable
+(unreadable or empty dataset, no usable row, an empty or unusable ``--pred`` file, an unknown
+method, baseline or engine).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from omnitrace_core.baselines import BASELINES, Baseline, make_baseline
+from omnitrace_core.baselines import BASELINES, Baseline, EmbeddingBaseline, make_baseline
 from omnitrace_core.errors import OmniTraceError
-from omnitrace_core.metrics import Metrics, prediction_problems, score_by_task
+from omnitrace_core.evaluation_data import Dataset, EvalInputError, load_dataset, load_predictions
+from omnitrace_core.evaluation_faithfulness import (
+    CONTROL,
+    FaithfulnessWorkerFactory,
+    plan_row,
+    summarize,
+)
+from omnitrace_core.evaluation_methods import (
+    ATTENTION_METHOD,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_METHODS,
+    METHODS,
+    ModelWorkerFactory,
+    check_methods,
+    cost,
+)
+from omnitrace_core.evaluation_report import (
+    cost_summary,
+    cost_table,
+    faithfulness_table,
+    markdown_table,
+    print_summary,
+    print_tables,
+)
+from omnitrace_core.metrics import prediction_problems, score_by_task
+from omnitrace_core.models import DEFAULT_MODEL
+
+__all__ = [
+    "ATTENTION_METHOD",
+    "Dataset",
+    "EvalInputError",
+    "EvalSettings",
+    "evaluate",
+    "load_dataset",
+    "load_predictions",
+    "markdown_table",
+]
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-ATTENTION_METHOD = "omnitrace"
-
-# (key, column title) of the markdown / terminal tables, in order; empty columns are dropped.
-COLUMNS = (
-    ("rows", "rows"),
-    ("labelled_sentences", "sentences"),
-    ("sentence_f1_micro", "sent F1 micro"),
-    ("sentence_f1_macro", "sent F1 macro"),
-    ("sentence_precision", "sent P"),
-    ("sentence_recall", "sent R"),
-    ("answer_f1", "answer F1"),
-    ("option_consistency", "option cons."),
-    ("unsupported_precision", "unsup P"),
-    ("unsupported_recall", "unsup R"),
-    ("unsupported_f1", "unsup F1"),
-    ("time_f1_micro", "time F1 micro"),
-    ("time_f1_macro", "time F1 macro"),
-    ("missing_predictions", "missing"),
-)
+Progress = Callable[[str, int], Callable[[], None]]
 
 
-class EvalInputError(OmniTraceError):
-    """The dataset or the arguments are unusable as a whole (exit code 2)."""
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the model-based work runs (ignored when only baselines run).
+
+    Attributes:
+        model: Packaged model name or local folder.
+        engine: ``local`` or ``ray`` (:func:`omnitrace_core.engines.map_rows`).
+        workers: Workers (Ray actors, each with its own model).
+        address: Ray cluster address (None: a private local Ray).
+        max_new_tokens: Decoding budget for generated rows.
+        threads: torch threads per worker.
+        faithfulness: Also measure log-prob drops (:mod:`omnitrace_core.evaluation_faithfulness`).
+        tracer: An already loaded tracer (local engine only; tests).
+    """
+
+    model: str = DEFAULT_MODEL
+    engine: str = "local"
+    workers: int = 1
+    address: str | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    threads: int | None = None
+    faithfulness: bool = False
+    tracer: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass
-class Dataset:
-    rows: list[dict[str, Any]]
-    problems: list[str] = field(default_factory=list)
-    all_ids: set[str] = field(default_factory=set)  # every valid row's id, also those past --limit
+# ---------------------------------------------------------------- one method's prediction file
 
 
-def load_dataset(path: Path, limit: int | None = None) -> Dataset:
-    """Valid rows of a benchmark file (the first ``limit``), and a message per skipped line."""
-    from omnitrace_core.bench import RowError, read_rows
+class PredictionFile:
+    """A method's ``predictions-<name>.jsonl``: rows kept from earlier runs, appended as they come."""
 
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    seen: set[str] = set()
-    for row in read_rows(path):
-        if isinstance(row, RowError):
-            problems.append(row.message)
-            continue
-        if row["id"] in seen:
-            problems.append(f"{path}: duplicate row id {row['id']!r} (later row skipped)")
-            continue
-        seen.add(row["id"])
-        rows.append(row)
-    if limit is not None:
-        rows = rows[:limit]
-    if not rows:
-        raise EvalInputError(
-            f"{path}: no usable dataset rows" + (f" ({len(problems)} malformed)" if problems else "")
-        )
-    return Dataset(rows, problems, seen)
+    def __init__(self, out_dir: Path, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.name = name
+        self.path = out_dir / f"predictions-{name}.jsonl"
+        self.done = _read_done(self.path, {r["id"] for r in rows})
+        kept = [r["id"] for r in rows if r["id"] in self.done]
+        self.resumed = len(kept)
+        self.new = 0
+        self.failures: list[dict[str, str]] = []
+        self.seconds = 0.0
+        with self.path.open("w", encoding="utf-8") as f:  # rewrite what is kept (drops a torn line)
+            for row_id in kept:
+                f.write(json.dumps(self.done[row_id]) + "\n")
 
+    def add(self, prediction: dict[str, Any]) -> None:
+        """Record a new prediction row (written and flushed at once: a crash loses nothing)."""
+        self.done[prediction["id"]] = prediction
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(prediction) + "\n")
+        self.new += 1
 
-def load_predictions(
-    path: Path, known_ids: set[str] | None = None
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Scorable prediction rows by id, and a message for every line left out and why."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalInputError(f"cannot read predictions {path}: {exc}") from exc
-    preds: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
-    for number, line in enumerate(raw.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        issues = prediction_problems(row)
-        if issues:
-            problems.append(f"{path}:{number}: " + "; ".join(issues))
-            continue
-        if known_ids is not None and row["id"] not in known_ids:
-            problems.append(f"{path}:{number}: id {row['id']!r} is not in the dataset")
-            continue
-        if row["id"] in preds:
-            problems.append(f"{path}:{number}: duplicate prediction for {row['id']!r} (later row skipped)")
-            continue
-        preds[row["id"]] = row
-    return preds, problems
+    def fail(self, row_id: str, error: str) -> None:
+        self.failures.append({"id": row_id, "error": error})
 
+    def close(self) -> None:
+        """Write (or clear) ``failures-<name>.jsonl``."""
+        fail_path = self.path.with_name(f"failures-{self.name}.jsonl")
+        if self.failures:
+            fail_path.write_text("".join(json.dumps(x) + "\n" for x in self.failures), encoding="utf-8")
+        elif fail_path.exists():
+            fail_path.unlink()
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
-def _columns(metrics: Sequence[Metrics]) -> list[tuple[str, str]]:
-    kinds = sorted(
-        {k for m in metrics for k in m if k.startswith("sentence_f1_")}
-        - {"sentence_f1_micro", "sentence_f1_macro"}
-    )
-    cols = [*COLUMNS[:6], *((k, k.removeprefix("sentence_f1_") + " F1") for k in kinds), *COLUMNS[6:]]
-    return [(k, title) for k, title in cols if any(m.get(k) is not None for m in metrics)]
-
-
-def markdown_table(by_method: Mapping[str, Mapping[str, Metrics]], heading: str = "##") -> str:
-    """A markdown table per task (``all`` first): one line per method."""
-    tasks: list[str] = []
-    for per_task in by_method.values():
-        tasks += [t for t in per_task if t not in tasks]
-    out = []
-    for task in tasks:
-        methods = [(name, per_task[task]) for name, per_task in by_method.items() if task in per_task]
-        cols = _columns([m for _, m in methods])
-        out.append(f"{heading} {task}\n")
-        out.append("| method | " + " | ".join(title for _, title in cols) + " |")
-        out.append("| --- | " + " | ".join("---:" for _ in cols) + " |")
-        for name, m in methods:
-            out.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in cols) + " |")
-        out.append("")
-    return "\n".join(out)
-
-
-def _print_tables(by_method: Mapping[str, Mapping[str, Metrics]]) -> None:
-    """One terminal table per method: a line per metric, a column per task."""
-    for name, per_task in by_method.items():
-        tasks = list(per_task)
-        table = Table(title=name)
-        table.add_column("metric")
-        for task in tasks:
-            table.add_column(task, justify="right")
-        for key, title in _columns(list(per_task.values())):
-            table.add_row(title, *(_fmt(per_task[t].get(key)) for t in tasks))
-        console.print(table)
-
-
-# ---------------------------------------------------------------- running one method
-
-
-@dataclass
-class MethodRun:
-    name: str
-    predictions: dict[str, dict[str, Any]]
-    failures: list[dict[str, str]]
-    resumed_rows: int
-    new_rows: int
-    seconds: float
+    def report(self) -> dict[str, Any]:
+        return {
+            "predictions": str(self.path),
+            "rows_predicted": len(self.done),
+            "rows_resumed": self.resumed,
+            "rows_new": self.new,
+            "seconds_new_rows": self.seconds,
+            "failures": self.failures,
+        }
 
 
 def _read_done(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
@@ -207,62 +176,207 @@ def _read_done(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
     return done
 
 
-def run_method(
-    name: str,
-    predict: Callable[[dict[str, Any], str], dict[str, Any]],
+def _noop() -> None:
+    return None
+
+
+# ---------------------------------------------------------------- the phases
+
+
+def run_baseline(
+    baseline: Baseline,
     rows: Sequence[dict[str, Any]],
     texts: Mapping[str, str],
+    file: PredictionFile,
+    advance: Callable[[], None] = _noop,
+) -> None:
+    """Predict every row with a text that ``file`` lacks; each row records its seconds as cost."""
+    started = time.perf_counter()
+    for row in rows:
+        if row["id"] in file.done or row["id"] not in texts:
+            advance()
+            continue
+        t0 = time.perf_counter()
+        encoded = baseline.encoded_texts if isinstance(baseline, EmbeddingBaseline) else 0
+        try:
+            prediction = baseline.predict(row, texts[row["id"]])
+        except Exception as exc:  # a crashing row is recorded and skipped, never the run
+            file.fail(row["id"], f"{type(exc).__name__}: {exc}")
+            advance()
+            continue
+        extra = {}
+        if isinstance(baseline, EmbeddingBaseline):
+            extra["embedding_texts"] = baseline.encoded_texts - encoded
+        prediction["cost"] = cost(0, 0, time.perf_counter() - t0, **extra)
+        file.add(prediction)
+        advance()
+    file.seconds = time.perf_counter() - started
+
+
+def _model_tasks(
+    rows: Sequence[dict[str, Any]],
+    texts: Mapping[str, str],
+    model_methods: Sequence[str],
+    files: Mapping[str, PredictionFile],
+) -> list[dict[str, Any]]:
+    """One task per row that misses a model method's prediction (``text`` None: generate first)."""
+    tasks = []
+    for row in rows:
+        wanted = [m for m in model_methods if row["id"] not in files[m].done]
+        if not wanted:
+            continue
+        text = texts.get(row["id"])
+        if text is None and ATTENTION_METHOD in files and row["id"] in files[ATTENTION_METHOD].done:
+            text = str(files[ATTENTION_METHOD].done[row["id"]].get("text", ""))
+        tasks.append({"id": row["id"], "row": row, "text": text, "methods": wanted})
+    return tasks
+
+
+def run_models(
+    tasks: Sequence[dict[str, Any]],
+    files: Mapping[str, PredictionFile],
+    settings: EvalSettings,
+    advance: Callable[[], None] = _noop,
+) -> None:
+    """Run the model methods' tasks through the engine; write each prediction as it arrives."""
+    from omnitrace_core.engines import map_rows
+
+    if not tasks:
+        return
+    factory = ModelWorkerFactory(settings.model, settings.max_new_tokens, settings.threads, settings.tracer)
+    started = time.perf_counter()
+    outcomes = map_rows(
+        tasks, factory, engine=settings.engine, workers=settings.workers, address=settings.address
+    )
+    for task, outcome in zip(tasks, outcomes, strict=True):
+        wanted = list(
+            dict.fromkeys([*([ATTENTION_METHOD] if task["text"] is None else []), *task["methods"]])
+        )
+        if outcome.error is not None:
+            for m in wanted:
+                if m in files:
+                    files[m].fail(task["id"], outcome.error)
+        else:
+            for m, result in outcome.result.items():
+                if m not in files:
+                    continue
+                if "prediction" in result:
+                    files[m].add(result["prediction"])
+                else:
+                    files[m].fail(task["id"], result["error"])
+        advance()
+    for m in files:
+        files[m].seconds = time.perf_counter() - started
+
+
+def _faithfulness_done(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if (
+                isinstance(record, dict)
+                and record.get("id") in wanted
+                and isinstance(record.get("drops"), dict)
+            ):
+                done[record["id"]] = record
+    return done
+
+
+def _merge_record(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    if old is None:
+        return new
+    return {
+        "id": new["id"],
+        "drops": {**old["drops"], **new["drops"]},
+        "forward_passes": int(old.get("forward_passes", 0)) + int(new["forward_passes"]),
+        "seconds": float(old.get("seconds", 0.0)) + float(new["seconds"]),
+    }
+
+
+def run_faithfulness(
+    rows: Sequence[dict[str, Any]],
+    texts: Mapping[str, str],
+    files: Mapping[str, PredictionFile],
     out_dir: Path,
-    advance: Callable[[], None] = lambda: None,
-) -> MethodRun:
-    """Predict every row not yet in ``out_dir/predictions-<name>.jsonl``; record crashing rows."""
-    path = out_dir / f"predictions-{name}.jsonl"
-    done = _read_done(path, {r["id"] for r in rows})
-    ordered = [r for r in rows if r["id"] in done]
-    with path.open("w", encoding="utf-8") as f:  # rewrite what is kept (drops a torn line)
-        for r in ordered:
-            f.write(json.dumps(done[r["id"]]) + "\n")
+    settings: EvalSettings,
+    seed: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Log-prob drops of every method's top-1 / top-3 sources, per row (resumable), summarised."""
+    from omnitrace_core.engines import map_rows
+
+    path = out_dir / "faithfulness.jsonl"
+    done = _faithfulness_done(path, {r["id"] for r in rows})
+    tasks = []
+    for row in rows:
+        text = texts.get(row["id"])
+        if text is None:
+            continue
+        predictions = {m: f.done[row["id"]] for m, f in files.items() if row["id"] in f.done}
+        task = plan_row(row, text, predictions, seed)
+        record = done.get(row["id"])
+        if record is not None:  # measure only the methods this row's record lacks
+            task["plan"] = {m: entry for m, entry in task["plan"].items() if m not in record["drops"]}
+        if task["plan"]:
+            tasks.append(task)
+    with path.open("w", encoding="utf-8") as f:
+        for record in done.values():
+            f.write(json.dumps(record) + "\n")
     failures: list[dict[str, str]] = []
     started = time.perf_counter()
-    new = 0
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            if row["id"] in done:
+    if tasks:
+        advance = progress("faithfulness", len(tasks)) if progress else _noop
+        factory = FaithfulnessWorkerFactory(
+            settings.model, settings.threads, settings.max_new_tokens, settings.tracer
+        )
+        outcomes = map_rows(
+            tasks, factory, engine=settings.engine, workers=settings.workers, address=settings.address
+        )
+        with path.open("a", encoding="utf-8") as f:
+            for task, outcome in zip(tasks, outcomes, strict=True):
+                if outcome.error is not None:
+                    failures.append({"id": task["id"], "error": outcome.error})
+                else:
+                    done[task["id"]] = _merge_record(done.get(task["id"]), outcome.result)
+                    f.write(json.dumps(done[task["id"]]) + "\n")  # the last line of an id wins
+                    f.flush()
                 advance()
-                continue
-            try:
-                prediction = predict(row, texts[row["id"]])
-            except Exception as exc:  # a crashing row is recorded and skipped, never the run
-                failures.append({"id": row["id"], "error": f"{type(exc).__name__}: {exc}"})
-                advance()
-                continue
-            done[row["id"]] = prediction
-            f.write(json.dumps(prediction) + "\n")
-            f.flush()
-            new += 1
-            advance()
-    fail_path = out_dir / f"failures-{name}.jsonl"
-    if failures:
-        fail_path.write_text("".join(json.dumps(x) + "\n" for x in failures), encoding="utf-8")
-    elif fail_path.exists():
-        fail_path.unlink()
-    return MethodRun(name, done, failures, len(ordered), new, time.perf_counter() - started)
+    records = list(done.values())
+    summary = summarize(records, list(files))
+    return {
+        "methods": summary,
+        "rows": len(records),
+        "forward_passes": sum(int(r.get("forward_passes", 0)) for r in records),
+        "seconds": sum(float(r.get("seconds", 0.0)) for r in records),
+        "seconds_new_rows": time.perf_counter() - started,
+        "failures": failures,
+    }
 
 
-def response_texts(
-    rows: Sequence[dict[str, Any]], attention: Mapping[str, Mapping[str, Any]] | None
-) -> tuple[dict[str, str], list[str]]:
-    """The text to attribute per row id (forced response, else the ``--pred`` text), and ids without one."""
+# ---------------------------------------------------------------- evaluate
+
+
+def _texts(
+    rows: Iterable[dict[str, Any]], attention: Mapping[str, Mapping[str, Any]] | None, generate: bool
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Per row id: the text to attribute; the ids to generate; the ids with no text at all."""
     texts: dict[str, str] = {}
+    to_generate: list[str] = []
     missing: list[str] = []
     for row in rows:
         if row.get("response"):
             texts[row["id"]] = row["response"]
         elif attention is not None and row["id"] in attention:
             texts[row["id"]] = str(attention[row["id"]].get("text", ""))
+        elif generate:
+            to_generate.append(row["id"])
         else:
             missing.append(row["id"])
-    return texts, missing
+    return texts, to_generate, missing
 
 
 def evaluate(
@@ -272,67 +386,170 @@ def evaluate(
     pred: Path | None = None,
     limit: int | None = None,
     seed: int = 0,
-    progress: Callable[[int], Callable[[], None]] | None = None,
+    progress: Progress | None = None,
+    methods: Sequence[str] = (),
+    settings: EvalSettings | None = None,
 ) -> dict[str, Any]:
-    """Run and score every method; write predictions, ``metrics.json`` and ``metrics.md`` in ``out_dir``."""
+    """Run and score every method; write predictions, ``metrics.json`` and ``metrics.md`` in ``out_dir``.
+
+    Args:
+        data: Dataset in the shared benchmark format.
+        out_dir: Output folder (created; earlier predictions there are resumed).
+        baselines: Baseline names (:func:`omnitrace_core.baselines.make_baseline`).
+        pred: Predictions of the default method (their texts are what the others attribute).
+        limit: Only the first N valid dataset rows.
+        seed: Seed of the random baseline and the random faithfulness control.
+        progress: ``progress(description, total)`` returns a callable advancing a bar by one.
+        methods: Model-based methods (:data:`omnitrace_core.evaluation_methods.METHODS`, ``all``).
+        settings: Model, engine and faithfulness settings.
+
+    Returns:
+        The report written to ``metrics.json``.
+
+    Raises:
+        EvalInputError: nothing usable (see the module docstring, exit code 2).
+    """
+    settings = settings or EvalSettings()
     try:
-        methods: list[Baseline] = [make_baseline(b, seed=seed) for b in dict.fromkeys(baselines)]
-    except ValueError as exc:
+        runners: list[Baseline] = [make_baseline(b, seed=seed) for b in dict.fromkeys(baselines)]
+        model_methods = check_methods(methods)
+    except (ValueError, OmniTraceError) as exc:
         raise EvalInputError(str(exc)) from exc
+    if settings.engine != "local" and settings.tracer is not None:
+        raise EvalInputError("a loaded tracer can only be used with the local engine")
+    if settings.workers < 1:
+        raise EvalInputError(f"--workers must be >= 1, got {settings.workers}")
+    from omnitrace_core.engines import ENGINES
+
+    if (model_methods or settings.faithfulness) and settings.engine not in ENGINES:
+        raise EvalInputError(f"unknown engine {settings.engine!r}; available: {', '.join(sorted(ENGINES))}")
     dataset = load_dataset(data, limit)
     problems = list(dataset.problems)
     attention: dict[str, dict[str, Any]] | None = None
     if pred is not None:
         attention, pred_problems = load_predictions(pred, dataset.all_ids)
         problems += pred_problems
-    texts, no_text = response_texts(dataset.rows, attention)
-    rows = [r for r in dataset.rows if r["id"] in texts]
+        if not attention:
+            raise EvalInputError(
+                f"{pred}: no usable prediction rows"
+                + (f" ({len(pred_problems)} rejected)" if pred_problems else "")
+            )
+    texts, to_generate, no_text = _texts(dataset.rows, attention, generate=bool(model_methods))
+    rows = [r for r in dataset.rows if r["id"] in texts or r["id"] in to_generate]
     if not rows:
         raise EvalInputError(
             f"{data}: no row has a response text to attribute (teacher_forced rows have one; "
-            "pass --pred PRED.jsonl for generated rows)"
+            "pass --pred PRED.jsonl or a --method for generated rows)"
         )
+    if to_generate and ATTENTION_METHOD not in model_methods:
+        model_methods.insert(0, ATTENTION_METHOD)  # its answers are the texts the others attribute
     out_dir.mkdir(parents=True, exist_ok=True)
-    advance = progress(len(rows) * (len(methods) + (attention is not None))) if progress else (lambda: None)
-    runs: list[MethodRun] = []
-    if attention is not None:
-        given = attention
-        runs.append(
-            run_method(ATTENTION_METHOD, lambda row, _text: given[row["id"]], rows, texts, out_dir, advance)
-        )
-    for baseline in methods:
-        runs.append(run_method(baseline.name, baseline.predict, rows, texts, out_dir, advance))
-    by_method = {run.name: score_by_task(rows, run.predictions) for run in runs}
+
+    names: list[str] = []
+    if attention is not None or ATTENTION_METHOD in model_methods:
+        names.append(ATTENTION_METHOD)
+    names += [m for m in model_methods if m not in names] + [b.name for b in runners]
+    files = {name: PredictionFile(out_dir, name, rows) for name in names}
+    if attention is not None:  # the given predictions are the default method's
+        for row in rows:
+            if row["id"] in attention and row["id"] not in files[ATTENTION_METHOD].done:
+                files[ATTENTION_METHOD].add(attention[row["id"]])
+        if ATTENTION_METHOD not in model_methods:
+            for row in rows:
+                if row["id"] not in files[ATTENTION_METHOD].done:
+                    files[ATTENTION_METHOD].fail(row["id"], f"no prediction for this row in {pred}")
+
+    tasks = _model_tasks(rows, texts, model_methods, files)
+    if tasks:
+        run_models(tasks, files, settings, progress("model methods", len(tasks)) if progress else _noop)
+    for row_id in to_generate:
+        done = files[ATTENTION_METHOD].done.get(row_id)
+        if done is not None:
+            texts[row_id] = str(done.get("text", ""))
+    if runners:
+        advance = progress("baselines", len(rows) * len(runners)) if progress else _noop
+        for baseline in runners:
+            run_baseline(baseline, rows, texts, files[baseline.name], advance)
+    faith = (
+        run_faithfulness(rows, texts, files, out_dir, settings, seed, progress)
+        if settings.faithfulness
+        else None
+    )
+    for f in files.values():
+        f.close()
+
+    report = _report(data, pred, dataset, rows, no_text, problems, files, faith, settings, model_methods)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out_dir / "metrics.md").write_text(_markdown(data, report), encoding="utf-8")
+    return report
+
+
+def _report(
+    data: Path,
+    pred: Path | None,
+    dataset: Dataset,
+    rows: Sequence[dict[str, Any]],
+    no_text: list[str],
+    problems: list[str],
+    files: Mapping[str, PredictionFile],
+    faith: dict[str, Any] | None,
+    settings: EvalSettings,
+    model_methods: Sequence[str],
+) -> dict[str, Any]:
+    ids = {r["id"] for r in rows}
+    methods: dict[str, Any] = {}
+    for name, f in files.items():
+        entry = {
+            **f.report(),
+            "metrics": score_by_task(rows, f.done),
+            "cost": cost_summary(p for i, p in f.done.items() if i in ids),
+        }
+        if faith is not None:
+            entry["faithfulness"] = faith["methods"].get(name)
+        methods[name] = entry
     report: dict[str, Any] = {
         "dataset": str(data),
         "attention_predictions": str(pred) if pred else None,
+        "model": settings.model if model_methods or settings.faithfulness else None,
+        "engine": settings.engine if model_methods or settings.faithfulness else None,
+        "workers": settings.workers if model_methods or settings.faithfulness else None,
+        "max_new_tokens": settings.max_new_tokens if model_methods else None,
         "rows_read": len(dataset.rows),
         "rows_evaluated": len(rows),
+        "rows_skipped": len(dataset.problems),
         "rows_without_response_text": no_text,
         "input_problems": problems,
-        "methods": {
-            run.name: {
-                "predictions": str(out_dir / f"predictions-{run.name}.jsonl"),
-                "rows_predicted": len(run.predictions),
-                "rows_resumed": run.resumed_rows,
-                "rows_new": run.new_rows,
-                "seconds_new_rows": run.seconds,
-                "failures": run.failures,
-                "metrics": by_method[run.name],
-            }
-            for run in runs
-        },
+        "methods": methods,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if faith is not None:
+        report["faithfulness"] = {
+            **{k: v for k, v in faith.items() if k != "methods"},
+            "random": faith["methods"][CONTROL],  # the control: k random sources removed
+        }
+    return report
+
+
+def _markdown(data: Path, report: Mapping[str, Any]) -> str:
+    methods = report["methods"]
+    rows, read, no_text = report["rows_evaluated"], report["rows_read"], report["rows_without_response_text"]
+    problems = report["input_problems"]
     header = (
         f"# Attribution metrics: {data.name}\n\n"
-        f"{len(rows)} of {len(dataset.rows)} rows evaluated"
+        f"{rows} of {read} rows evaluated"
         + (f" ({len(no_text)} without a response text)" if no_text else "")
         + (f"; {len(problems)} input problems (see metrics.json)" if problems else "")
-        + ". Metrics as in `omnitrace_core.metrics` (= `score.py`).\n\n"
+        + (f"; model {report['model']}" if report.get("model") else "")
+        + ". Metrics as in `omnitrace_core.metrics` (= `score.py`); every method attributes the same "
+        "response texts.\n\n"
     )
-    (out_dir / "metrics.md").write_text(header + markdown_table(by_method), encoding="utf-8")
-    return report
+    costs = {name: m["cost"] for name, m in methods.items()}
+    body = markdown_table({name: m["metrics"] for name, m in methods.items()}, costs=costs)
+    body += "\n" + cost_table(costs)
+    if "faithfulness" in report:
+        faith = {name: m["faithfulness"] for name, m in methods.items() if m.get("faithfulness")}
+        faith["random sources (control)"] = report["faithfulness"]["random"]
+        body += "\n" + faithfulness_table(faith)
+    return header + body
 
 
 # ---------------------------------------------------------------- commands
@@ -362,7 +579,7 @@ def score_command(
     if as_json:
         print(json.dumps({**by_task, "input_problems": problems}, indent=1))
     else:
-        _print_tables({pred.stem: by_task})
+        print_tables({pred.stem: by_task}, console)
     missing = by_task["all"]["missing_predictions"]
     if missing:
         err.print(f"{missing} dataset rows have no prediction (scored as absent)")
@@ -373,6 +590,10 @@ def score_command(
 def eval_command(
     data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
     out: Annotated[Path, typer.Option(help="Output folder (predictions, metrics.json, metrics.md)")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Model-based method (repeatable, or 'all'): {', '.join(METHODS)}"),
+    ] = None,
     baseline: Annotated[
         list[str] | None,
         typer.Option(help=f"Baseline to run (repeatable): {', '.join(BASELINES)}, carry_forward:<inner>"),
@@ -380,24 +601,47 @@ def eval_command(
     pred: Annotated[
         Path | None,
         typer.Option(
-            help="Attention predictions (omnitrace predict) to score and whose texts the baselines attribute"
+            help="Default-method predictions (omnitrace predict): scored, and their texts attributed"
         ),
     ] = None,
+    model: Annotated[str, typer.Option(help="Packaged model name or local folder")] = DEFAULT_MODEL,
     limit: Annotated[int | None, typer.Option(help="Only the first N dataset rows")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random baseline")] = 0,
+    engine: Annotated[str, typer.Option(help="Row engine for the model work: local or ray")] = "local",
+    workers: Annotated[int, typer.Option(help="Workers (ray: actors, each loading the model)")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    faithfulness: Annotated[
+        bool, typer.Option("--faithfulness", help="Measure log-prob drops when cited sources are removed")
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Decoding budget of generated rows")
+    ] = DEFAULT_MAX_NEW_TOKENS,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random baseline and random control")] = 0,
 ) -> None:
-    """Run baselines on the same responses, score every method per task, write a report."""
-    from rich.progress import Progress
+    """Attribute the same responses with every method and baseline, score them per task, write a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(console=err, transient=True) as bar:
+    if method is None and baseline is None:
+        method, baseline = list(DEFAULT_METHODS), list(BASELINES)
+    settings = EvalSettings(
+        model=model,
+        engine=engine,
+        workers=workers,
+        address=address,
+        max_new_tokens=max_new_tokens,
+        threads=threads,
+        faithfulness=faithfulness,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
 
-        def progress(total: int) -> Callable[[], None]:
-            task = bar.add_task("eval", total=total)
+        def progress(description: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(description, total=total)
             return lambda: bar.advance(task)
 
         try:
-            report = evaluate(data, out, baseline or list(BASELINES), pred, limit, seed, progress)
-        except OmniTraceError as exc:
+            report = evaluate(data, out, baseline or [], pred, limit, seed, progress, method or [], settings)
+        except (OmniTraceError, ImportError, ConnectionError) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     for p in report["input_problems"]:
@@ -407,12 +651,21 @@ def eval_command(
         for f in m["failures"]:
             failed += 1
             err.print(f"[yellow]{name}: row {f['id']!r} failed:[/yellow] {f['error']}")
-    _print_tables({name: m["metrics"] for name, m in report["methods"].items()})
+    for f in report.get("faithfulness", {}).get("failures", []):
+        failed += 1
+        err.print(f"[yellow]faithfulness: row {f['id']!r} failed:[/yellow] {f['error']}")
+    methods = report["methods"]
+    if len(methods) > 3:
+        print_summary(
+            {n: m["metrics"] for n, m in methods.items()}, {n: m["cost"] for n, m in methods.items()}, console
+        )
+    else:
+        print_tables({name: m["metrics"] for name, m in methods.items()}, console)
     skipped = len(report["rows_without_response_text"])
     err.print(
         f"evaluated {report['rows_evaluated']} of {report['rows_read']} rows"
-        f" ({skipped} without a response text, {failed} failed predictions); wrote {out}/metrics.json, "
-        f"{out}/metrics.md"
+        f" ({skipped} without a response text, {report['rows_skipped']} dataset rows skipped, "
+        f"{failed} failed predictions); wrote {out}/metrics.json, {out}/metrics.md"
     )
     if failed or report["input_problems"]:
         raise typer.Exit(1)

@@ -10,10 +10,12 @@ import pytest
 
 from omnitrace_core.baselines import (
     CarryForward,
+    EmbeddingBaseline,
     LexicalBaseline,
     RandomBaseline,
     content_words,
     make_baseline,
+    word_support,
 )
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.metrics import score
@@ -134,3 +136,35 @@ def test_embedding_baseline_cites_by_meaning():
     pred = make_baseline("embedding").predict(ROW, text)
     assert [c[0] for c in _cited(pred)] == ["doc3", "doc2"]
     assert all(0 < c["score"] <= 1 for s in pred["sentences"] for c in s["citations"])
+
+
+def test_lexical_and_embedding_flag_weakly_supported_sentences():
+    text = "Valbrook Works secretly builds submarines for the navy. Valbrook Works makes water filters in Cedar Falls."
+    pred = LexicalBaseline().predict(ROW, text)
+    invented, extractive = pred["sentences"]
+    assert _cited(pred) == [["doc1"], ["doc1"]]  # the flag is a verdict apart from the citations
+    assert invented["grounded"] is False and extractive["grounded"] is True
+    assert word_support(ROW, invented["text"], ["doc1"]) == pytest.approx(2 / 6)  # valbrook, works
+    # a sentence combining two sources is supported by their union
+    both = "Valbrook Works has 405 staff and Lunia Labs has 5039."
+    assert word_support(ROW, both, ["doc1"]) < 0.55 <= word_support(ROW, both, ["doc1", "doc2"])
+    assert LexicalBaseline().predict(ROW, both)["sentences"][0]["grounded"] is True
+    assert LexicalBaseline(unsupported_below=None).predict(ROW, text)["sentences"][0]["grounded"] is True
+    # carry-forward fills uncited sentences only: a flagged sentence keeps its flag
+    assert CarryForward(LexicalBaseline()).predict(ROW, text)["sentences"][0]["grounded"] is False
+    assert all(s["grounded"] for s in RandomBaseline().predict(ROW, text)["sentences"])
+    emb = EmbeddingBaseline()
+    assert emb.supported(ROW, "x", ["doc1"], {"doc1": 0.59, "doc2": 0.2}) is False
+    assert emb.supported(ROW, "x", ["doc1"], {"doc1": 0.61}) is True
+    assert EmbeddingBaseline(unsupported_below=None).supported(ROW, "x", [], {"doc1": 0.0}) is True
+
+
+def test_flags_improve_unsupported_f1_on_the_grounding_set():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "langchain" / "data" / "grounding_dev.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    flagged = score(rows, {r["id"]: LexicalBaseline().predict(r, r["response"]) for r in rows})
+    unflagged = score(rows, {r["id"]: LexicalBaseline(unsupported_below=None).predict(r, r["response"]) for r in rows})
+    assert flagged["unsupported_f1"] == pytest.approx(0.9375)  # the threshold was picked here
+    assert unflagged["unsupported_f1"] is None or unflagged["unsupported_f1"] < 0.5

@@ -59,6 +59,11 @@ def _lines(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def _without_cost(path):
+    """The prediction rows without their measured ``cost`` (seconds differ between runs)."""
+    return [{k: v for k, v in row.items() if k != "cost"} for row in _lines(path)]
+
+
 @pytest.fixture()
 def files(tmp_path):
     return _write(tmp_path / "data.jsonl", ROWS), _write(tmp_path / "pred.jsonl", ATTENTION)
@@ -109,14 +114,14 @@ def test_eval_resumes_and_records_crashing_rows(tmp_path, files, monkeypatch):
     out = tmp_path / "eval"
     evaluate(data, out, ["lexical"], pred)
     path = out / "predictions-lexical.jsonl"
-    complete = path.read_text()
+    complete = _without_cost(path)
     # an interrupted run: the last row is missing and a torn line was left behind
-    kept = complete.splitlines()[:-1]
+    kept = path.read_text().splitlines()[:-1]
     path.write_text("\n".join(kept) + "\n" + '{"id": "f2", "text": "Valb')
     report = evaluate(data, out, ["lexical"], pred)
     run = report["methods"]["lexical"]
     assert (run["rows_resumed"], run["rows_new"]) == (3, 1)
-    assert path.read_text() == complete  # same rows, same order, torn line gone
+    assert _without_cost(path) == complete  # same rows, same order, torn line gone
     assert evaluate(data, out, ["lexical"], pred)["methods"]["lexical"]["rows_new"] == 0
 
     original = LexicalBaseline.scores
@@ -214,3 +219,73 @@ def test_eval_on_dev_forced_rows_agrees_with_reference_scorer(tmp_path, bench_di
         for k, v in ref.items():
             assert ours[k] == pytest.approx(v, abs=1e-9) if v is not None else ours[k] is None
     assert report["methods"]["lexical"]["metrics"]["teacher_forced"]["sentence_f1_micro"] == 1.0
+
+
+def test_eval_names_skips_and_counts_malformed_dataset_rows(tmp_path, files):
+    _, pred = files
+    no_gold = {k: v for k, v in ROWS[1].items() if k != "gold_sources"}
+    bad = [
+        {**ROWS[0], "id": "t1", "task": "essay"},
+        {**no_gold, "id": "t2"},
+        {**ROWS[2], "id": "t3", "response_sentences": [{"text": "x"}]},
+        {**ROWS[0], "id": "t4", "sources": [{"id": "doc1", "text": "a source without keys"}]},
+        {"id": "t5", "question": "no sources"},
+        {**ROWS[0], "id": "t6", "gold_sources": ["doc9"]},
+    ]
+    data = _write(tmp_path / "data.jsonl", [*ROWS, *bad])
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(data), "--out", str(out), "--pred", str(pred), "--baseline", "lexical"])
+    assert result.exit_code == 1, result.output
+    for message in ("row 't1' skipped: unknown task 'essay'", "row 't2' skipped: a qa_multi row needs a 'gold_sources' list",
+                    "row 't3' skipped: response_sentences[0] is missing ['start', 'end', 'gold_sources']",
+                    "row 't4' skipped: source 'doc1' has no 'keys' list", "row is missing 'sources'",
+                    "row 't6' skipped: gold_sources ['doc9'] are not among the sources"):
+        assert message in result.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["rows_skipped"] == 6 and report["rows_evaluated"] == 4 and len(report["input_problems"]) == 6
+    assert report["methods"]["lexical"]["metrics"]["all"]["rows"] == 4
+
+
+def test_eval_refuses_unusable_predictions_and_names_bad_scores(tmp_path, files):
+    data, _ = files
+    runner = CliRunner()
+    empty = _write(tmp_path / "empty-pred.jsonl", [])
+    result = runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o"), "--pred", str(empty), "--baseline", "lexical"])
+    assert result.exit_code == 2 and "no usable prediction rows" in result.output
+    negative = [dict(p) for p in ATTENTION]
+    negative[0] = {**negative[0], "sentences": [{**negative[0]["sentences"][0], "source_mass": {"doc1": -0.2}}]}
+    bad = _write(tmp_path / "neg.jsonl", negative)
+    result = runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o"), "--pred", str(bad), "--baseline", "lexical"])
+    assert result.exit_code == 1 and "source_mass of 'doc1' is -0.2" in result.output
+    assert "(1 without a response text" in result.output  # g1's only text was the rejected row
+    result = runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o"), "--method", "bm25"])
+    assert result.exit_code == 2 and "unknown method 'bm25'" in result.output
+    result = runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o"), "--method", "omnitrace", "--engine", "spark"])
+    assert result.exit_code == 2 and "unknown engine 'spark'" in result.output
+
+
+def test_eval_command_defaults_and_engine_options_reach_evaluate(tmp_path, files, monkeypatch):
+    import omnitrace_core.evaluation as evaluation
+    from omnitrace_core.baselines import BASELINES
+    from omnitrace_core.evaluation_methods import DEFAULT_METHODS
+
+    seen = {}
+
+    def fake_evaluate(data, out, baselines, pred, limit, seed, progress, methods, settings):
+        seen.update(baselines=baselines, methods=methods, settings=settings)
+        return {"input_problems": [], "methods": {}, "rows_without_response_text": [], "rows_evaluated": 4,
+                "rows_read": 4, "rows_skipped": 0}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    data, _ = files
+    runner = CliRunner()
+    assert runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o")]).exit_code == 0
+    assert seen["methods"] == list(DEFAULT_METHODS) and seen["baselines"] == list(BASELINES)
+    result = runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o"), "--method", "self-cite",
+                                 "--engine", "ray", "--workers", "2", "--address", "ray://head:10001",
+                                 "--faithfulness", "--max-new-tokens", "32", "--model", "qwen2.5-0.5b"])
+    assert result.exit_code == 0, result.output
+    assert seen["methods"] == ["self-cite"] and seen["baselines"] == []  # only what was asked
+    s = seen["settings"]
+    assert (s.engine, s.workers, s.address, s.faithfulness, s.max_new_tokens, s.model) == (
+        "ray", 2, "ray://head:10001", True, 32, "qwen2.5-0.5b")
