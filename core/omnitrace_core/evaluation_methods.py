@@ -189,7 +189,8 @@ class ModelWorker:
             generated = self._generate(row)
             results[ATTENTION_METHOD] = generated
             if "prediction" not in generated:  # nothing to attribute: the others fail with it
-                return {m: generated for m in dict.fromkeys([ATTENTION_METHOD, *wanted])}
+                failed = {"error": f"generation failed: {generated['error']}"}
+                return {ATTENTION_METHOD: generated, **{m: failed for m in wanted if m != ATTENTION_METHOD}}
             text = str(generated["prediction"]["text"])
             wanted = [m for m in wanted if m != ATTENTION_METHOD]
         if not text.strip():

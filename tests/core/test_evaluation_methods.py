@@ -183,3 +183,13 @@ def test_eval_refuses_bad_methods_and_engines(tmp_path, tiny_tracer):
         evaluate(data, tmp_path / "o", [], methods=["omnitrace"], settings=EvalSettings(engine="spark"))
     with pytest.raises(EvalInputError, match="only be used with the local engine"):
         evaluate(data, tmp_path / "o", [], methods=["omnitrace"], settings=EvalSettings(engine="ray", tracer=tiny_tracer))
+
+
+def test_a_failed_generation_fails_the_row_for_every_method(tiny_tracer, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("context window exceeded")
+
+    monkeypatch.setattr(tiny_tracer, "generate", refuse)
+    out = ModelWorker(tiny_tracer)({"id": "g1", "row": GENERATED, "text": None, "methods": ["omnitrace", "omnitrace-peak"]})
+    assert out == {"omnitrace": {"error": "ValueError: context window exceeded"},
+                   "omnitrace-peak": {"error": "generation failed: ValueError: context window exceeded"}}
