@@ -17,6 +17,7 @@ scored on the same rows (``-1``: every row, added to the main folder):
 
 usage: nice -n 10 python benchmarks/eval_dev.py [--set dev|hard|both] [--engine local|ray]
        [--workers N] [--threads N] [--no-faithfulness] [--contextcite N] [--attgrads N]
+       [--results DIR]   (a long run can write outside the checkout, then be copied in)
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from omnitrace_core.evaluation import EvalSettings, evaluate
 from omnitrace_core.evaluation_methods import DEFAULT_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 SETS = {
-    "dev": (ROOT.parent / "shared" / "bench" / "dev.jsonl", ROOT / "benchmarks" / "results" / "eval-dev"),
-    "hard": (ROOT / "benchmarks" / "data" / "hard_dev.jsonl", ROOT / "benchmarks" / "results" / "eval-hard"),
+    "dev": (ROOT.parent / "shared" / "bench" / "dev.jsonl", "eval-dev"),
+    "hard": (ROOT / "benchmarks" / "data" / "hard_dev.jsonl", "eval-hard"),
 }
 
 
@@ -114,13 +116,15 @@ def main() -> None:
     ap.add_argument("--address", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-faithfulness", action="store_true")
+    ap.add_argument("--results", default=str(RESULTS), help="parent folder of eval-dev/ and eval-hard/")
     ap.add_argument(
         "--contextcite", type=int, default=0, metavar="N", help="ContextCite-64 on N rows per task"
     )
     ap.add_argument("--attgrads", type=int, default=0, metavar="N", help="AttGrads on N rows per task")
     args = ap.parse_args()
     for key in ("dev", "hard") if args.set == "both" else (args.set,):
-        data, out = SETS[key]
+        data, name = SETS[key]
+        out = Path(args.results) / name
         if not data.exists():
             print(f"{data} not found: {key} skipped", file=sys.stderr)
             continue
