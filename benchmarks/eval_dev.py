@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from omnitrace_core.baselines import BASELINES
-from omnitrace_core.evaluation import EvalSettings, evaluate
-from omnitrace_core.evaluation_methods import DEFAULT_METHODS
+from omnitrace_core.evaluation.baselines import BASELINES
+from omnitrace_core.evaluation.methods import DEFAULT_METHODS
+from omnitrace_core.evaluation.runner import EvalSettings, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -9,10 +9,10 @@ On the first N ``teacher_forced`` dev rows (default 20), every method attributes
   ablations,
 - ``random``: the seeded random baseline (reference for F1).
 
-Reported per method: sentence F1 (``omnitrace_core.metrics.score``, the reference scorer's
+Reported per method: sentence F1 (``omnitrace_core.evaluation.metrics.score``, the reference scorer's
 definition), forward passes per row, seconds per sentence, and the mean log-probability drop of
 each gold sentence when the method's top-1 cited source is removed from the prompt (k=1;
-``omnitrace_core.faithfulness``), next to removing one random source and the gold source.
+``omnitrace_core.evaluation.faithfulness``), next to removing one random source and the gold source.
 A sentence a method leaves uncited removes nothing (drop 0); the count is reported. Generate-mode
 self-citation (the model asked to write ``[docN]`` markers) is run on the same rows and reported
 as its marker rate and its sentence F1 against key-derived gold (the scorer's rule for generated
@@ -40,11 +40,11 @@ from typing import Any
 import torch
 
 from omnitrace_core import Tracer
-from omnitrace_core.baselines import make_baseline
-from omnitrace_core.contextcite_peer import contextcite_prediction, default_num_ablations
-from omnitrace_core.faithfulness import logp_drops_many, random_removals
-from omnitrace_core.metrics import score
-from omnitrace_core.selfcite import self_cite_generate, self_cite_prediction
+from omnitrace_core.evaluation.baselines import make_baseline
+from omnitrace_core.evaluation.contextcite_peer import contextcite_prediction, default_num_ablations
+from omnitrace_core.evaluation.faithfulness import logp_drops_many, random_removals
+from omnitrace_core.evaluation.metrics import score
+from omnitrace_core.evaluation.selfcite import self_cite_generate, self_cite_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(os.environ.get("OMNITRACE_BENCH_DIR", ROOT.parent / "shared" / "bench"))

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from omnitrace_core.media import require_tool
+from omnitrace_core.media.loading import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "data" / "audio"
@@ -438,7 +438,7 @@ def check(out_dir: Path) -> int:
 
 def verify(out_dir: Path) -> int:
     """Transcribe every recording with the packaged tiny.en; check each fact is heard as keyed."""
-    from omnitrace_core.asr import transcribe
+    from omnitrace_core.media.asr import transcribe
 
     problems = 0
     for rec in RECORDINGS:

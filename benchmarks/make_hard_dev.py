@@ -35,7 +35,7 @@ Construction rules, all asserted while building (a violation raises, naming the 
 - no carry-forward leak: a sentence's gold shares no source with the previous supported
   sentence's gold;
 - the word-overlap rules above, checked with the same content-word tokeniser the lexical
-  baseline uses (``omnitrace_core.baselines.content_words``);
+  baseline uses (``omnitrace_core.evaluation.baselines.content_words``);
 - every sentence ends with a full stop and holds no abbreviation or decimal point, so the
   core's sentence splitter returns exactly the labelled sentences.
 
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnitrace_core.baselines import content_words
+from omnitrace_core.evaluation.baselines import content_words
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "data" / "hard_dev.jsonl"

@@ -16,9 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from omnitrace_core.report import build_report
-from omnitrace_core.report.page import eval_command
-from omnitrace_core.report.tables import load_eval
+from omnitrace_core.evaluation.report import build_report
+from omnitrace_core.evaluation.report.page import eval_command
+from omnitrace_core.evaluation.report.tables import load_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVALS = [Path("benchmarks/results/eval-dev"), Path("benchmarks/results/eval-hard")]

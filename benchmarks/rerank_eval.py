@@ -14,7 +14,7 @@ Three steps, each resumable from files:
 ``report --data HARD --answers HARD_ANSWERS --tune TUNE.json --baselines EVAL_DIR --out REPORT.json``
     Scores the default tracer, the tuned re-ranker (not retuned), a similarity-only variant,
     the baselines of ``omnitrace eval DATA --out EVAL_DIR`` and two position baselines, per
-    kind, with ``omnitrace_core.metrics``; prints a markdown table.
+    kind, with ``omnitrace_core.evaluation.metrics``; prints a markdown table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from omnitrace_core.metrics import mentions, score
+from omnitrace_core.evaluation.metrics import mentions, score
 from omnitrace_core.rerank import (
     RerankConfig,
     combine,

@@ -203,7 +203,7 @@ def prepare(seconds: list[int]) -> dict[str, Any]:
     from transformers import Qwen2VLImageProcessorPil, WhisperFeatureExtractor
 
     from omnitrace_core import TracerConfig
-    from omnitrace_core.omni.loading import load_folder
+    from omnitrace_core.media.omni.loading import load_folder
     from omnitrace_core.sources import MediaSource
 
     tokenizer = build_tokenizer()
@@ -289,7 +289,7 @@ def worker(variant: str, secs: int, new: int, threads: int, out: Path) -> None:
     torch.set_num_threads(threads)
     from omnitrace_core import MappingConfig, Tracer, TracerConfig
     from omnitrace_core.mapping import TokenMapper
-    from omnitrace_core.omni.loading import load_folder
+    from omnitrace_core.media.omni.loading import load_folder
     from omnitrace_core.sources import MediaSource
     from omnitrace_core.tracer import _TextSoFar
 

@@ -41,7 +41,7 @@ QUESTION = "Where will the Redwood lab move to?"
 
 def synthesise(folder: Path) -> Path:
     """Speak :data:`SCRIPT` with espeak-ng, one sentence per file, joined with 0.8 s pauses."""
-    from omnitrace_core.media import require_tool
+    from omnitrace_core.media.loading import require_tool
 
     espeak = require_tool("espeak-ng")
     frames, params = [], None
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from omnitrace_core import TextSource, Tracer, TracerConfig
-    from omnitrace_core.asr import transcript_source
     from omnitrace_core.errors import OmniTraceError
+    from omnitrace_core.media.asr import transcript_source
     from omnitrace_core.sources import MediaSource
 
     with tempfile.TemporaryDirectory() as tmp:

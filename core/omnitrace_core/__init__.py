@@ -7,7 +7,14 @@ Framework-free: imports torch, transformers, spacy and pydantic only.
     >>> answer = tracer.generate(sources=[TextSource(id="doc1", text="...")], question="...")
 """
 
-from omnitrace_core.config import CurationConfig, GenerationConfig, MappingConfig, TracerConfig
+from omnitrace_core import _moved
+from omnitrace_core.config import (
+    CurationConfig,
+    GenerationConfig,
+    MappingConfig,
+    RerankConfig,
+    TracerConfig,
+)
 from omnitrace_core.errors import (
     CaptureError,
     ContextLengthError,
@@ -18,7 +25,6 @@ from omnitrace_core.errors import (
     UnknownNameError,
     UnsupportedModalityError,
 )
-from omnitrace_core.rerank import RerankConfig
 from omnitrace_core.results import (
     Citation,
     FinalEvent,
@@ -35,6 +41,8 @@ from omnitrace_core.sources import MediaSource, SourceUnit, TextSource, TimedSeg
 from omnitrace_core.tracer import Tracer
 
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (omnitrace_core.metrics, ...) keep importing
 
 __all__ = [
     "AttGrads",

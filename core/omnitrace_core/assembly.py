@@ -9,18 +9,45 @@ the final result identical. A failure while chunking or curating a sentence is r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from omnitrace_core.chunking import Chunker, Word
 from omnitrace_core.config import CurationConfig
 from omnitrace_core.curation import TokenVote, curate, pos_weight, unit_votes
 from omnitrace_core.mapping import TokenMapping
-from omnitrace_core.rerank import RerankConfig, rerank_sentence
-from omnitrace_core.results import Citation, SentenceAttribution, SourceInfo, TokenAttribution
+from omnitrace_core.results import (
+    Citation,
+    SentenceAttribution,
+    SourceInfo,
+    TokenAttribution,
+    merge_located,
+    merge_spans,
+)
 from omnitrace_core.sources import Source, SourceUnit
 
+# merge_located / merge_spans moved to results (the re-ranker needs them without the assembler)
+__all__ = ["SentenceAssembler", "SentenceReranker", "merge_located", "merge_spans"]
+
 _TERMINATORS = (".", "!", "?", "\n", "。")
+
+
+class SentenceReranker(Protocol):
+    """An optional stage that re-decides one sentence's citations (e.g. by meaning).
+
+    Called with the sentence text, the units that have text, the curation's normalised vote per
+    unit id and the source titles; returns ``(unit_id, score)`` best first (empty: unsupported).
+    :class:`omnitrace_core.rerank.EmbeddingReranker` is the built-in one.
+    """
+
+    def __call__(
+        self,
+        sentence_text: str,
+        candidate_units: list[SourceUnit],
+        attention_votes: dict[str, float],
+        titles: Mapping[str, str],
+    ) -> list[tuple[str, float]]: ...
 
 
 @dataclass
@@ -42,10 +69,10 @@ class SentenceAssembler:
         units: Sequence[SourceUnit],
         chunker: Chunker,
         curation: CurationConfig,
-        rerank: RerankConfig | None = None,
+        reranker: SentenceReranker | None = None,
     ) -> None:
         self.sources = {s.id: s for s in sources}
-        self.rerank = rerank
+        self.reranker = reranker
         self.units = list(units)
         self.chunker = chunker
         self.curation = curation
@@ -160,8 +187,8 @@ class SentenceAssembler:
             self._tag(toks, a, b)
             votes = [TokenVote(t.mapping.unit_index, t.mapping.confidence, t.pos or "X") for t in toks]
             chosen = curate(votes, self.curation)
-            if self.rerank is not None:
-                chosen = self._reranked(self.text[a:b], votes, chosen, self.rerank)
+            if self.reranker is not None:
+                chosen = self._reranked(self.text[a:b], votes, chosen, self.reranker)
             for unit_index, score in chosen:
                 citations.append(self._citation(self.units[unit_index], score))
             citations = merge_located(citations)
@@ -183,9 +210,13 @@ class SentenceAssembler:
         return sentence
 
     def _reranked(
-        self, text: str, votes: list[TokenVote], curated: list[tuple[int, float]], rerank: RerankConfig
+        self,
+        text: str,
+        votes: list[TokenVote],
+        curated: list[tuple[int, float]],
+        reranker: SentenceReranker,
     ) -> list[tuple[int, float]]:
-        """The units cited after re-ranking the votes by meaning (``omnitrace_core.rerank``).
+        """The units cited after the re-ranking stage re-decides the votes (e.g. by meaning).
 
         Units without text (an image region) keep the curation's choice. A re-ranking failure
         (e.g. the embedding model is not installed) is recorded and the curated citations stand.
@@ -196,12 +227,11 @@ class SentenceAssembler:
         shares = unit_votes(votes, self.curation)
         titles = {sid: title for sid, s in self.sources.items() if (title := getattr(s, "title", None))}
         try:
-            cited = rerank_sentence(
+            cited = reranker(
                 text,
                 [self.units[i] for i in texted],
                 {self.units[i].unit_id: shares.get(i, 0.0) for i in texted},
-                rerank,
-                titles=titles,
+                titles,
             )
         except Exception as exc:  # never lose the attention citations over the embedder
             self._record(f"re-ranking of sentence {len(self.sentences)} failed: {exc!r}")
@@ -250,51 +280,6 @@ class SentenceAssembler:
             seconds=[unit.seconds] if unit.seconds else [],
             boxes=[unit.box] if unit.box else [],
         )
-
-
-def merge_located(citations: list[Citation]) -> list[Citation]:
-    """One citation per timed / boxed source: its cited units' seconds merged into spans
-    (adjacent bins join) and its boxes listed; the score is the units' summed vote.
-
-    Text citations pass through unchanged. Order: by score, best first.
-    """
-    located: dict[str, list[Citation]] = {}
-    out: list[Citation] = []
-    for c in citations:
-        if c.seconds or c.boxes:
-            located.setdefault(c.source_id, []).append(c)
-        else:
-            out.append(c)
-    for group in located.values():
-        if len(group) == 1:
-            out.append(group[0])
-            continue
-        by_place = sorted(group, key=lambda c: (c.seconds[0] if c.seconds else (0.0, 0.0), c.char_start))
-        first = by_place[0]
-        out.append(
-            first.model_copy(
-                update={
-                    "score": sum(c.score for c in group),
-                    "cited_text": " ".join(c.cited_text for c in by_place if c.cited_text),
-                    "char_start": min(c.char_start for c in group),
-                    "char_end": max(c.char_end for c in group),
-                    "seconds": merge_spans(span for c in group for span in c.seconds),
-                    "boxes": [box for c in by_place for box in c.boxes],
-                }
-            )
-        )
-    return sorted(out, key=lambda c: -c.score)
-
-
-def merge_spans(spans: Iterable[tuple[float, float]], gap: float = 1e-6) -> list[tuple[float, float]]:
-    """Sorted union of time spans; spans closer than ``gap`` seconds are joined."""
-    merged: list[tuple[float, float]] = []
-    for a, b in sorted(spans):
-        if merged and a <= merged[-1][1] + gap:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-        else:
-            merged.append((a, b))
-    return merged
 
 
 def _closes_sentence(token: str) -> bool:

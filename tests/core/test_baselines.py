@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from omnitrace_core.baselines import (
+from omnitrace_core.chunking import Chunker
+from omnitrace_core.evaluation.baselines import (
     CarryForward,
     EmbeddingBaseline,
     LexicalBaseline,
@@ -17,8 +18,7 @@ from omnitrace_core.baselines import (
     make_baseline,
     word_support,
 )
-from omnitrace_core.chunking import Chunker
-from omnitrace_core.metrics import score
+from omnitrace_core.evaluation.metrics import score
 
 ROW = {
     "id": "row-1",
@@ -121,7 +121,7 @@ def test_lexical_solves_the_extractive_forced_dev_rows(bench_dir):
 
 def test_core_evaluation_modules_import_no_framework():
     code = (
-        "import sys; import omnitrace_core.baselines, omnitrace_core.metrics, omnitrace_core.evaluation; "
+        "import sys; import omnitrace_core.evaluation.baselines, omnitrace_core.evaluation.metrics, omnitrace_core.evaluation.runner; "
         "print([m for m in sys.modules if m.split('.')[0] in ('langchain', 'langchain_core', 'llama_index', "
         "'opentelemetry', 'sentence_transformers')])"
     )

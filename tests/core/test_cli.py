@@ -127,7 +127,7 @@ def test_run_needs_some_source():
 
 
 def test_media_paths_resolve_against_the_dataset_folder(tmp_path):
-    from omnitrace_core.bench import resolve_media_paths
+    from omnitrace_core.evaluation.bench import resolve_media_paths
 
     rows = [{"id": "a", "modality": "audio", "path": "audio/a.wav"}, {"id": "b", "text": "x"},
             {"id": "c", "modality": "image", "path": "/abs/c.png"}]

@@ -10,15 +10,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from omnitrace_core import contextcite_peer
-from omnitrace_core.contextcite_peer import (
+from omnitrace_core.errors import InvalidInputError
+from omnitrace_core.evaluation import contextcite_peer
+from omnitrace_core.evaluation.contextcite_peer import (
     char_span_to_tokens,
     cite_from_scores,
     contextcite_prediction,
     default_num_ablations,
 )
-from omnitrace_core.errors import InvalidInputError
-from omnitrace_core.faithfulness import prompt_ids, response_tokens, text_sources
+from omnitrace_core.evaluation.faithfulness import prompt_ids, response_tokens, text_sources
 
 ROW = {
     "id": "row-1",
@@ -98,7 +98,7 @@ def test_import_never_calls_nltk_download():
             calls.append(args)
             raise RuntimeError("network")
         nltk.download = record
-        from omnitrace_core.contextcite_peer import _import_context_cite
+        from omnitrace_core.evaluation.contextcite_peer import _import_context_cite
         _import_context_cite()
         assert calls == [] and nltk.download is record, calls
         print("ok")

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from omnitrace_core.engines import RowOutcome, _dump_outcome, _in_order, map_rows
 from omnitrace_core.errors import InvalidInputError, UnknownNameError
+from omnitrace_core.evaluation.engines import RowOutcome, _dump_outcome, _in_order, map_rows
 
 # Ray Data deep-copies its DataContext for each dataset, which trips its own deprecation warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from omnitrace_core.baselines import LexicalBaseline
 from omnitrace_core.cli import app
-from omnitrace_core.evaluation import evaluate
-from omnitrace_core.metrics import score_by_task
+from omnitrace_core.evaluation.baselines import LexicalBaseline
+from omnitrace_core.evaluation.metrics import score_by_task
+from omnitrace_core.evaluation.runner import evaluate
 
 SOURCES = [
     {"id": "doc1", "modality": "text", "title": "Valbrook Works", "text": "Valbrook Works was founded in 1905 in Cedar Falls.",
@@ -265,9 +265,9 @@ def test_eval_refuses_unusable_predictions_and_names_bad_scores(tmp_path, files)
 
 
 def test_eval_command_defaults_and_engine_options_reach_evaluate(tmp_path, files, monkeypatch):
-    import omnitrace_core.evaluation as evaluation
-    from omnitrace_core.baselines import BASELINES
-    from omnitrace_core.evaluation_methods import DEFAULT_METHODS
+    import omnitrace_core.cli.evaluation as commands
+    from omnitrace_core.evaluation.baselines import BASELINES
+    from omnitrace_core.evaluation.methods import DEFAULT_METHODS
 
     seen = {}
 
@@ -276,7 +276,7 @@ def test_eval_command_defaults_and_engine_options_reach_evaluate(tmp_path, files
         return {"input_problems": [], "methods": {}, "rows_without_response_text": [], "rows_evaluated": 4,
                 "rows_read": 4, "rows_skipped": 0}
 
-    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(commands, "evaluate", fake_evaluate)
     data, _ = files
     runner = CliRunner()
     assert runner.invoke(app, ["eval", str(data), "--out", str(tmp_path / "o")]).exit_code == 0

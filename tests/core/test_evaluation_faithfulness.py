@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-import omnitrace_core.evaluation_faithfulness as ef
-import omnitrace_core.faithfulness as faithfulness
-from omnitrace_core.evaluation import EvalSettings, evaluate
-from omnitrace_core.evaluation_faithfulness import (
+import omnitrace_core.evaluation.faithfulness as faithfulness
+import omnitrace_core.evaluation.faithfulness_eval as ef
+from omnitrace_core.evaluation.faithfulness_eval import (
     CONTROL,
     named_sources,
     pair_drops,
@@ -19,6 +18,7 @@ from omnitrace_core.evaluation_faithfulness import (
     sentence_spans,
     summarize,
 )
+from omnitrace_core.evaluation.runner import EvalSettings, evaluate
 
 SOURCES = [
     {"id": f"doc{i}", "modality": "text", "title": f"Firm {i}", "text": f"Firm {i} was founded in 19{i}0."}

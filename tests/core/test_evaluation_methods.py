@@ -7,9 +7,8 @@ import pickle
 
 import pytest
 
-from omnitrace_core import engines
-from omnitrace_core.evaluation import EvalInputError, EvalSettings, evaluate
-from omnitrace_core.evaluation_methods import (
+from omnitrace_core.evaluation import engines
+from omnitrace_core.evaluation.methods import (
     DEFAULT_METHODS,
     METHODS,
     VARIANTS,
@@ -19,7 +18,8 @@ from omnitrace_core.evaluation_methods import (
     check_methods,
     matched_ablations,
 )
-from omnitrace_core.metrics import score_by_task
+from omnitrace_core.evaluation.metrics import score_by_task
+from omnitrace_core.evaluation.runner import EvalInputError, EvalSettings, evaluate
 
 SOURCES = [
     {"id": "doc1", "modality": "text", "title": "Valbrook Works", "text": "Valbrook Works was founded in 1905 in Cedar Falls.",
@@ -94,7 +94,7 @@ def test_worker_generates_first_then_attributes_that_text(tiny_tracer):
 
 
 def test_a_failing_method_fails_alone_and_bad_scores_are_refused(tiny_tracer, monkeypatch):
-    import omnitrace_core.selfcite as selfcite
+    import omnitrace_core.evaluation.selfcite as selfcite
 
     def broken(tracer, row, text):
         raise RuntimeError("label tokens missing")
@@ -114,7 +114,7 @@ def test_a_failing_method_fails_alone_and_bad_scores_are_refused(tiny_tracer, mo
 
 
 def test_peers_are_called_with_their_budget(tiny_tracer, monkeypatch):
-    import omnitrace_core.contextcite_peer as peer
+    import omnitrace_core.evaluation.contextcite_peer as peer
 
     calls = []
 
@@ -140,7 +140,7 @@ def test_factory_pickles_settings_only():
 
 def test_evaluate_runs_model_methods_through_the_engine_and_resumes(tmp_path, tiny_tracer, monkeypatch):
     """A stand-in remote engine: the factory crosses a pickle boundary and loads its own model."""
-    import omnitrace_core.evaluation_methods as em
+    import omnitrace_core.evaluation.methods as em
 
     built = []
 

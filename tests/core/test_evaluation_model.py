@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from omnitrace_core.evaluation import EvalSettings, evaluate
+from omnitrace_core.evaluation.runner import EvalSettings, evaluate
 
 pytestmark = pytest.mark.model
 

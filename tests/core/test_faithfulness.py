@@ -7,7 +7,7 @@ import json
 import pytest
 
 from omnitrace_core.errors import InvalidInputError
-from omnitrace_core.faithfulness import (
+from omnitrace_core.evaluation.faithfulness import (
     logp_drops,
     logp_drops_many,
     prompt_ids,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from omnitrace_core.baselines import content_words
-from omnitrace_core.metrics import score
+from omnitrace_core.evaluation.baselines import content_words
+from omnitrace_core.evaluation.metrics import score
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "benchmarks" / "data" / "hard_dev.jsonl"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from omnitrace_core.errors import MediaError, MissingToolError
-from omnitrace_core.media import (
+from omnitrace_core.media.loading import (
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     SAMPLE_RATE,
@@ -235,11 +235,11 @@ def test_probe_video_errors(tmp_path: Path):
     ("tool", "package"), [("espeak-ng", "espeak-ng"), ("ffmpeg", "ffmpeg"), ("tesseract", "tesseract-ocr")]
 )
 def test_missing_tool_gives_the_install_command(monkeypatch, tool: str, package: str):
-    monkeypatch.setattr("omnitrace_core.media.shutil.which", lambda name: None)
+    monkeypatch.setattr("omnitrace_core.media.loading.shutil.which", lambda name: None)
     with pytest.raises(MissingToolError, match=rf"'{tool}' is not installed .* sudo apt-get install -y {package}$"):
         require_tool(tool)
 
 
 def test_present_tool_returns_its_path(monkeypatch):
-    monkeypatch.setattr("omnitrace_core.media.shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr("omnitrace_core.media.loading.shutil.which", lambda name: f"/usr/bin/{name}")
     assert require_tool("ffmpeg") == "/usr/bin/ffmpeg"

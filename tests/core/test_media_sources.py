@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from omnitrace_core.assembly import merge_located, merge_spans
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.errors import InvalidInputError, UnsupportedModalityError
 from omnitrace_core.prompting import TextPromptBuilder, prepare_sources
-from omnitrace_core.results import Citation
+from omnitrace_core.results import Citation, merge_located, merge_spans
 from omnitrace_core.sources import MediaSource, TextSource, build_prompt, validate_sources
 
 TRANSCRIPT = "The meeting starts at nine. Budget is ten thousand. We close at five."

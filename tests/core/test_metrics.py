@@ -12,8 +12,14 @@ from typing import Any
 
 import pytest
 
-from omnitrace_core.baselines import make_baseline
-from omnitrace_core.metrics import mentions, option_named, prediction_problems, score, score_by_task
+from omnitrace_core.evaluation.baselines import make_baseline
+from omnitrace_core.evaluation.metrics import (
+    mentions,
+    option_named,
+    prediction_problems,
+    score,
+    score_by_task,
+)
 
 
 def _synthetic_response(row: dict, rng: random.Random) -> str:

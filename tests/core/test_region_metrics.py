@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnitrace_core.metrics import box_hits, region_gold_coverage, region_hit_rate, region_scores
+from omnitrace_core.evaluation.metrics import box_hits, region_gold_coverage, region_hit_rate, region_scores
 
 GOLD = (10, 10, 50, 50)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from omnitrace_core.report import (
+from omnitrace_core.cli import app
+from omnitrace_core.evaluation.report import (
     GallerySection,
     ReportInputError,
     baseline_summary,
@@ -24,15 +24,14 @@ from omnitrace_core.report import (
     per_task_plot,
     pick_rows,
     quality_cost_plot,
-    register,
     render_gallery,
     task_tables,
     write_gallery,
     write_results,
 )
-from omnitrace_core.report.gallery import sentence_gold
-from omnitrace_core.report.plots import MissingExtraError
-from omnitrace_core.report.tables import cost_table, faithfulness_table, fmt, table
+from omnitrace_core.evaluation.report.gallery import sentence_gold
+from omnitrace_core.evaluation.report.plots import MissingExtraError
+from omnitrace_core.evaluation.report.tables import cost_table, faithfulness_table, fmt, table
 
 SOURCES = [
     {"id": "doc1", "modality": "text", "title": "Valbrook <Works>", "text": "Valbrook Works was founded in 1905 in Cedar Falls.",
@@ -321,13 +320,6 @@ def test_report_screenshot(eval_dir: Path, tmp_path: Path) -> None:
 
 def test_report_command(eval_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    app = typer.Typer()
-    register(app)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command, so typer keeps "report" as a subcommand
-        """Nothing."""
-
     docs = tmp_path / "docs"
     result = CliRunner().invoke(app, ["report", str(eval_dir), "--docs", str(docs), "--no-screenshot",
                                       "--compare", "lexical", "--examples", "2"])

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from omnitrace_core.selfcite import (
+from omnitrace_core.evaluation.selfcite import (
     assign_markers,
     label_logprobs,
     label_token_ids,

@@ -449,9 +449,9 @@ def test_text_model_reads_an_audio_block_through_asr(tiny_tracer: Any, monkeypat
             ],
         )
 
-    fake_asr = types.ModuleType("omnitrace_core.asr")
+    fake_asr = types.ModuleType("omnitrace_core.media.asr")
     fake_asr.transcript_source = transcript_source  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "omnitrace_core.asr", fake_asr)
+    monkeypatch.setitem(sys.modules, "omnitrace_core.media.asr", fake_asr)
     llm = ChatOmniTrace(tracer=tiny_tracer, max_tokens=6, tracer_config=TracerConfig(audio_fallback="asr"))
     message = HumanMessage(
         content=[

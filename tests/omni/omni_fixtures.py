@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnitrace_core.omni import QWEN2_5_OMNI, QWEN2_5_VL, QWEN2_VL, ModalitySpec, make_processor
+from omnitrace_core.media.omni import QWEN2_5_OMNI, QWEN2_5_VL, QWEN2_VL, ModalitySpec, make_processor
 
 torch.set_num_threads(int(os.environ.get("OMNITRACE_TEST_THREADS", "1")))
 

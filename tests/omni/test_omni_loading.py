@@ -13,8 +13,7 @@ from omni_fixtures import FAMILIES, build_model, build_processor, mp4_bytes, png
 from omnitrace_core import Tracer
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.errors import UnsupportedModalityError
-from omnitrace_core.models import load_model
-from omnitrace_core.omni import (
+from omnitrace_core.media.omni import (
     QWEN2_5_VL,
     FrameVideoProcessor,
     MediaTokens,
@@ -23,7 +22,8 @@ from omnitrace_core.omni import (
     spec_for,
     spec_for_model_type,
 )
-from omnitrace_core.omni.media import load_video
+from omnitrace_core.media.omni.media import load_video
+from omnitrace_core.models import load_model
 from omnitrace_core.sources import MediaSource
 
 IMAGE = MediaSource(id="img1", modality="image", data=png_bytes())

@@ -10,8 +10,8 @@ from omnitrace_core import TextSource
 from omnitrace_core.config import MappingConfig, TracerConfig
 from omnitrace_core.errors import InvalidInputError, MediaError, UnsupportedModalityError
 from omnitrace_core.mapping import TokenMapper, UnitIndex
-from omnitrace_core.omni import OmniPromptBuilder
-from omnitrace_core.omni.units import SCATTERED_UNITS
+from omnitrace_core.media.omni import OmniPromptBuilder
+from omnitrace_core.media.omni.units import SCATTERED_UNITS
 from omnitrace_core.sources import MediaSource
 
 FAMILY_NAMES = ["qwen2-vl", "qwen2.5-vl", "qwen2.5-omni"]

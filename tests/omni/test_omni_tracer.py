@@ -10,7 +10,7 @@ from omnitrace_core import TextSource, Tracer
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.config import MappingConfig, TracerConfig
 from omnitrace_core.errors import UnsupportedModalityError
-from omnitrace_core.omni import OmniPromptBuilder
+from omnitrace_core.media.omni import OmniPromptBuilder
 from omnitrace_core.signals import Signal, get_signal, register_signal
 from omnitrace_core.sources import MediaSource
 

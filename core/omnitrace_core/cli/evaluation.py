@@ -1,0 +1,255 @@
+"""The evaluation room's commands: ``omnitrace predict``, ``score``, ``eval`` and ``report``.
+
+Thin: each command parses its options, calls :mod:`omnitrace_core.evaluation` and maps the
+library's errors to exit codes (0 all done; 1 done, something named was skipped; 2 unusable
+input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from omnitrace_core.cli.tracing import make_tracer
+from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.evaluation.baselines import BASELINES
+from omnitrace_core.evaluation.bench import predict_rows, read_rows
+from omnitrace_core.evaluation.data import load_dataset, load_predictions
+from omnitrace_core.evaluation.methods import DEFAULT_METHODS, METHODS
+from omnitrace_core.evaluation.metrics import score_by_task
+from omnitrace_core.evaluation.report.page import DEFAULT_TITLE, build_report
+from omnitrace_core.evaluation.report.tables import OURS
+from omnitrace_core.evaluation.runner import DEFAULT_MAX_NEW_TOKENS, EvalSettings, evaluate
+from omnitrace_core.evaluation.summary import print_summary, print_tables
+from omnitrace_core.models import DEFAULT_MODEL
+
+app = typer.Typer()
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
+    out: Annotated[Path, typer.Option(help="Where to write prediction rows (JSONL)")],
+    model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
+    signal: Annotated[str, typer.Option()] = "attmean",
+    correction: Annotated[str | None, typer.Option(help="Bias correction: none|prompt|running|both")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    asr: Annotated[
+        bool, typer.Option("--asr", help="Transcribe audio sources offline (text models)")
+    ] = False,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-rank attention votes by embedding similarity (opt-in)")
+    ] = False,
+) -> None:
+    """Answer every dataset row and write one prediction row each (scorable by score.py).
+
+    Media sources' ``path``s are read relative to the dataset file.
+    """
+    from rich.progress import Progress
+
+    try:
+        rows = list(read_rows(data))
+        tracer = make_tracer(
+            model,
+            signal,
+            correction,
+            threads or int(os.environ.get("OMNITRACE_THREADS", "0")),
+            asr=asr,
+            rerank=rerank,
+        )
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if limit is not None:
+        rows = rows[:limit]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f, Progress(console=err) as progress:
+        task = progress.add_task("predict", total=len(rows))
+        _, failures = predict_rows(
+            tracer,
+            rows,
+            f,
+            base_dir=data.parent,
+            max_new_tokens=max_new_tokens,
+            on_row=lambda: progress.advance(task),
+            on_problem=err.print,
+        )
+    err.print(f"wrote {len(rows) - failures} predictions to {out} ({failures} rows skipped)")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("score")
+def score_command(
+    data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
+    pred: Annotated[Path, typer.Argument(help="Prediction rows (JSONL), e.g. from omnitrace predict")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON")] = False,
+) -> None:
+    """Score a prediction file against a dataset, overall and per task (same metrics as score.py)."""
+    try:
+        dataset = load_dataset(data)
+        preds, pred_problems = load_predictions(pred, {r["id"] for r in dataset.rows})
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    problems = dataset.problems + pred_problems
+    if not preds:
+        err.print(f"[red]error:[/red] {pred}: no usable prediction rows")
+        for p in problems:
+            err.print(f"[yellow]skipped:[/yellow] {p}")
+        raise typer.Exit(2)
+    by_task = score_by_task(dataset.rows, preds)
+    for p in problems:
+        err.print(f"[yellow]skipped:[/yellow] {p}")
+    if as_json:
+        print(json.dumps({**by_task, "input_problems": problems}, indent=1))
+    else:
+        print_tables({pred.stem: by_task}, console)
+    missing = by_task["all"]["missing_predictions"]
+    if missing:
+        err.print(f"{missing} dataset rows have no prediction (scored as absent)")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
+    out: Annotated[Path, typer.Option(help="Output folder (predictions, metrics.json, metrics.md)")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Model-based method (repeatable, or 'all'): {', '.join(METHODS)}"),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Baseline to run (repeatable): {', '.join(BASELINES)}, carry_forward:<inner>"),
+    ] = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option(
+            help="Default-method predictions (omnitrace predict): scored, and their texts attributed"
+        ),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Packaged model name or local folder")] = DEFAULT_MODEL,
+    limit: Annotated[int | None, typer.Option(help="Only the first N dataset rows")] = None,
+    engine: Annotated[str, typer.Option(help="Row engine for the model work: local or ray")] = "local",
+    workers: Annotated[int, typer.Option(help="Workers (ray: actors, each loading the model)")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    faithfulness: Annotated[
+        bool, typer.Option("--faithfulness", help="Measure log-prob drops when cited sources are removed")
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Decoding budget of generated rows")
+    ] = DEFAULT_MAX_NEW_TOKENS,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random baseline and random control")] = 0,
+) -> None:
+    """Attribute the same responses with every method and baseline, score them per task, write a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if method is None and baseline is None:
+        method, baseline = list(DEFAULT_METHODS), list(BASELINES)
+    settings = EvalSettings(
+        model=model,
+        engine=engine,
+        workers=workers,
+        address=address,
+        max_new_tokens=max_new_tokens,
+        threads=threads,
+        faithfulness=faithfulness,
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+
+        def progress(description: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(description, total=total)
+            return lambda: bar.advance(task)
+
+        try:
+            report = evaluate(data, out, baseline or [], pred, limit, seed, progress, method or [], settings)
+        except (OmniTraceError, ImportError, ConnectionError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    for p in report["input_problems"]:
+        err.print(f"[yellow]skipped:[/yellow] {p}")
+    failed = 0
+    for name, m in report["methods"].items():
+        for f in m["failures"]:
+            failed += 1
+            err.print(f"[yellow]{name}: row {f['id']!r} failed:[/yellow] {f['error']}")
+    for f in report.get("faithfulness", {}).get("failures", []):
+        failed += 1
+        err.print(f"[yellow]faithfulness: row {f['id']!r} failed:[/yellow] {f['error']}")
+    methods = report["methods"]
+    if len(methods) > 3:
+        print_summary(
+            {n: m["metrics"] for n, m in methods.items()}, {n: m["cost"] for n, m in methods.items()}, console
+        )
+    else:
+        print_tables({name: m["metrics"] for name, m in methods.items()}, console)
+    skipped = len(report["rows_without_response_text"])
+    err.print(
+        f"evaluated {report['rows_evaluated']} of {report['rows_read']} rows"
+        f" ({skipped} without a response text, {report['rows_skipped']} dataset rows skipped, "
+        f"{failed} failed predictions); wrote {out}/metrics.json, {out}/metrics.md"
+    )
+    if failed or report["input_problems"]:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_command(
+    eval_dirs: Annotated[list[Path], typer.Argument(help="Folders written by `omnitrace eval --out`")],
+    docs: Annotated[Path, typer.Option(help="Where results.md, gallery.html and images/ go")] = Path("docs"),
+    title: Annotated[str, typer.Option(help="Page title")] = DEFAULT_TITLE,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Section name per eval folder (repeat, in order)")
+    ] = None,
+    method: Annotated[str, typer.Option(help="Whose answers the gallery shows")] = OURS,
+    compare: Annotated[
+        str | None, typer.Option(help="A second method whose citations the gallery shows beside")
+    ] = None,
+    examples: Annotated[int, typer.Option(help="Gallery rows per eval folder")] = 10,
+    screenshot: Annotated[
+        bool, typer.Option(help="Render images/gallery.png with headless Chromium")
+    ] = True,
+    command: Annotated[
+        list[str] | None,
+        typer.Option(help="A command to list under 'Regenerate' (repeat; default: the eval commands "
+                     "reconstructed from metrics.json, then this report command)"),
+    ] = None,
+) -> None:
+    """Write results.md (tables per task, cost, faithfulness, plots) and an HTML example gallery."""
+    this = ["omnitrace", "report", *map(str, eval_dirs), "--docs", str(docs)]
+    for name in label or []:
+        this += ["--label", name]
+    if method != OURS:
+        this += ["--method", method]
+    if compare:
+        this += ["--compare", compare]
+    if examples != 10:
+        this += ["--examples", str(examples)]
+    commands = [*command, shlex.join(this)] if command else []
+    try:
+        out = build_report(eval_dirs, docs, title, commands, label, method, compare, examples, screenshot,
+                           report_command=shlex.join(this))
+    except (OmniTraceError, ImportError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for note in out.notes:
+        err.print(f"[yellow]left out:[/yellow] {note}")
+    written = [out.results, *out.images, *(p for p in (out.gallery, out.screenshot) if p)]
+    err.print("wrote " + ", ".join(str(p) for p in written))
+    if out.notes:
+        raise typer.Exit(1)

@@ -1,0 +1,191 @@
+"""The tracing room's commands: ``omnitrace demo`` and ``omnitrace run`` (answer with citations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from omnitrace_core.config import MappingConfig, TracerConfig
+from omnitrace_core.errors import InvalidInputError, OmniTraceError
+from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.results import Citation, TracedAnswer
+from omnitrace_core.sources import MediaSource, Source, TextSource
+
+app = typer.Typer()
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+_COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
+
+DEMO_SOURCES = [
+    TextSource(
+        id="harbor",
+        title="Port Veltra harbor",
+        text="Port Veltra's harbor was dredged in 1911 so that steamships could dock. "
+        "Today it handles mostly ferries to the Osk islands.",
+    ),
+    TextSource(
+        id="lighthouse",
+        title="Veltra lighthouse",
+        text="The Veltra lighthouse stands 42 metres tall on Gannet Point. "
+        "Its keeper, Ilse Marrow, lit the lamp every night for thirty years.",
+    ),
+    TextSource(
+        id="market",
+        title="Fish market",
+        text="The fish market of Port Veltra opens at five in the morning. "
+        "Herring and cod are sold there by auction.",
+    ),
+]
+DEMO_QUESTION = "How tall is the Veltra lighthouse and who was its keeper?"
+
+
+def make_tracer(
+    model: str,
+    signal: str,
+    correction: str | None = None,
+    threads: int | None = None,
+    asr: bool = False,
+    rerank: bool = False,
+) -> Any:
+    import torch
+
+    from omnitrace_core.tracer import Tracer
+
+    if threads:
+        torch.set_num_threads(threads)
+    mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()
+    from omnitrace_core.rerank import RerankConfig
+
+    config = TracerConfig(
+        signal=signal,
+        mapping=mapping,
+        audio_fallback="asr" if asr else "error",
+        rerank=RerankConfig() if rerank else None,
+    )
+    return Tracer.from_pretrained(model, config=config)
+
+
+def _where(c: Citation) -> str:
+    """A citation's location: seconds for audio / video, boxes for images."""
+    if c.seconds:
+        return " " + ",".join(f"{a:.1f}-{b:.1f}s" for a, b in c.seconds)
+    if c.boxes:
+        return " " + ",".join(f"({x0},{y0},{x1},{y1})" for x0, y0, x1, y1 in c.boxes)
+    return ""
+
+
+def _media_sources(images: list[Path], audio: list[Path], video: list[Path]) -> list[MediaSource]:
+    """``--image / --audio / --video`` files as sources, ids from the file names (made unique)."""
+    out: list[MediaSource] = []
+    seen: set[str] = set()
+    for modality, paths in (("image", images), ("audio", audio), ("video", video)):
+        for path in paths:
+            if not path.is_file():
+                raise InvalidInputError(f"--{modality} {path}: no such file")
+            sid, n = path.stem, 1
+            while sid in seen:
+                n += 1
+                sid = f"{path.stem}-{n}"
+            seen.add(sid)
+            out.append(MediaSource(id=sid, modality=modality, path=str(path), title=path.name))
+    return out
+
+
+def render(answer: TracedAnswer, out: Console = console) -> None:
+    """Print the answer, each sentence coloured by its first cited source, and a sources table."""
+    colour = {s.id: _COLORS[i % len(_COLORS)] for i, s in enumerate(answer.sources)}
+    body = Text()
+    for s in answer.sentences:
+        style = colour.get(s.citations[0].source_id, "white") if s.citations else "dim"
+        body.append(s.text, style=style)
+        marks = ", ".join(c.source_id + _where(c) for c in s.citations) or "unsupported"
+        body.append(f" [{marks}]", style="bold " + style)
+        body.append("\n")
+    out.print(body)
+    table = Table(title="Sources")
+    table.add_column("id")
+    table.add_column("title")
+    table.add_column("cited by sentences")
+    for src in answer.sources:
+        cited = [
+            f"{s.index}({c.score:.2f})"
+            for s in answer.sentences
+            for c in s.citations
+            if c.source_id == src.id
+        ]
+        table.add_row(Text(src.id, style=colour[src.id]), src.title or "", ", ".join(cited) or "-")
+    out.print(table)
+    for e in answer.errors:
+        out.print(f"[yellow]warning:[/yellow] {e}")
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Packaged model name or local folder")] = DEFAULT_MODEL,
+    max_new_tokens: Annotated[int, typer.Option()] = 64,
+) -> None:
+    """Answer a bundled question over bundled sources and show each sentence's citations."""
+    try:
+        tracer = make_tracer(model, "attmean")
+        console.print(f"[bold]Question:[/bold] {DEMO_QUESTION}\n")
+        answer = tracer.generate(DEMO_SOURCES, DEMO_QUESTION, max_new_tokens=max_new_tokens)
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    render(answer)
+
+
+def _load_sources(path: Path) -> list[Source]:
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OmniTraceError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise OmniTraceError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(raw)
+        items = data if isinstance(data, list) else data["sources"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        items = [json.loads(line) for line in raw.splitlines() if line.strip()] if raw.strip() else []
+    from omnitrace_core.sources import validate_sources
+
+    return validate_sources(items)  # drops unknown fields, rejects non-text modalities by name
+
+
+@app.command()
+def run(
+    question: Annotated[str, typer.Option()],
+    sources: Annotated[
+        Path | None, typer.Option(help="JSON list / JSONL of {id, text, title?, url?}")
+    ] = None,
+    image: Annotated[list[Path] | None, typer.Option(help="An image file as a source (repeatable)")] = None,
+    audio: Annotated[list[Path] | None, typer.Option(help="An audio file as a source (repeatable)")] = None,
+    video: Annotated[list[Path] | None, typer.Option(help="A video file as a source (repeatable)")] = None,
+    asr: Annotated[bool, typer.Option("--asr", help="Transcribe audio offline for a text model")] = False,
+    model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
+    signal: Annotated[str, typer.Option()] = "attmean",
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
+) -> None:
+    """Answer a question over your sources (text, image, audio, video) with per-sentence citations."""
+    try:
+        srcs: list[Source] = _load_sources(sources) if sources else []
+        srcs += _media_sources(image or [], audio or [], video or [])
+        if not srcs:
+            raise InvalidInputError("no sources: give --sources FILE and/or --image / --audio / --video")
+        tracer = make_tracer(model, signal, asr=asr)
+        answer = tracer.generate(srcs, question, max_new_tokens=max_new_tokens)
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(answer.model_dump_json(indent=1))
+    else:
+        render(answer)
