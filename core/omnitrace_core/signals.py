@@ -98,3 +98,40 @@ def get_signal(name: str | Signal) -> Signal:
     if entry is None:
         raise UnknownNameError(f"unknown signal {name!r}; known signals: {', '.join(available_signals())}")
     return entry() if isinstance(entry, type) else entry
+
+
+class LearnedHeads(Signal):
+    """A learned non-negative weight per (layer, head): a weighted sum instead of a mean.
+
+    The weights come from a :class:`~omnitrace_core.calibration.Calibration` (fitted so that a
+    source's weighted attention mass predicts what removing it does to the response). Layers
+    whose heads all weigh zero are not read at all, so the cost per token is at most AttMean's.
+
+    Args:
+        weights: ``(layers, heads)`` non-negative weights (normalised to sum to 1 here).
+    """
+
+    name = "learned"
+
+    def __init__(self, weights: torch.Tensor | list[list[float]]) -> None:
+        w = torch.as_tensor(weights, dtype=torch.float32)
+        if w.ndim != 2 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("learned head weights must be a finite, non-negative (layers, heads) matrix")
+        self.weights = w / w.sum()
+        self._layers = [i for i in range(w.shape[0]) if self.weights[i].sum() > 0]
+
+    def layers(self, num_layers: int) -> list[int]:
+        if num_layers != self.weights.shape[0]:
+            raise ValueError(
+                f"learned head weights are for {self.weights.shape[0]} layers, the model has {num_layers}"
+            )
+        return list(self._layers)
+
+    def reduce(self, probs: torch.Tensor, layer_idx: int) -> torch.Tensor:
+        # Capture averages the reduced rows over the layers read: scale so the total is the sum.
+        w = self.weights[layer_idx].to(probs.device) * len(self._layers)
+        if w.shape[0] != probs.shape[0]:
+            raise ValueError(
+                f"learned head weights have {w.shape[0]} heads, layer {layer_idx} has {probs.shape[0]}"
+            )
+        return torch.einsum("h,hrk->rk", w, probs)

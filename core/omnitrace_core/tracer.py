@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from omnitrace_core.assembly import SentenceAssembler
+from omnitrace_core.calibration import Calibration, find_calibration, load_calibration
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
@@ -33,7 +35,7 @@ from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver,
 from omnitrace_core.prompting import PromptBuilder, TextPromptBuilder, prepare_sources
 from omnitrace_core.rerank import EmbeddingReranker
 from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta, TracedAnswer
-from omnitrace_core.signals import Signal, get_signal
+from omnitrace_core.signals import LearnedHeads, Signal, get_signal
 from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
 
 logger = get_logger()
@@ -170,6 +172,9 @@ class Tracer:
         observers: Receive generation events (see :mod:`omnitrace_core.observers`).
         prompt_builder: Lays the sources out for this model; default: the chat-template text
             layout. Omni / vision-language models get one from :mod:`omnitrace_core.media.omni`.
+        calibration: Learned head weights and per-model defaults for this model
+            (:mod:`omnitrace_core.calibration`): enables the ``learned`` signal, and when no
+            ``config`` is given its recommended config is the default.
 
     Raises:
         CaptureError: if the model's attention cannot be captured.
@@ -183,11 +188,17 @@ class Tracer:
         model_name: str | None = None,
         observers: Sequence[TraceObserver] = (),
         prompt_builder: PromptBuilder | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.loaded = LoadedModel(model=model, tokenizer=tokenizer, name=model_name or _model_name(model))
         self.prompt_builder: PromptBuilder = prompt_builder or TextPromptBuilder(tokenizer)
-        self.config = config or TracerConfig()
-        get_signal(self.config.signal)  # fail fast on an unknown name
+        self.calibration = calibration
+        self._learned: LearnedHeads | None = None
+        if calibration is not None:
+            calibration.check_model(model, self.loaded.name)
+            self._learned = LearnedHeads(calibration.head_weights)
+        self.config = config or (calibration.tracer_config() if calibration else TracerConfig())
+        self.signal_for(self.config.signal)  # fail fast on an unknown name
         install(model)
         model.eval()
         self.chunker = Chunker()
@@ -221,17 +232,27 @@ class Tracer:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         device_map: str | dict[str, Any] | None = None,
+        calibration: Calibration | str | os.PathLike[str] | Literal["auto"] | None = "auto",
         **load_kwargs: Any,
     ) -> Tracer:
         """Load a packaged model by name (``smollm2-135m``, ``qwen2.5-0.5b``) or a local folder.
 
         ``device`` / ``dtype`` / ``device_map`` pass through to transformers; capture
-        arithmetic stays fp32 whatever the model dtype.
+        arithmetic stays fp32 whatever the model dtype. ``calibration``: ``"auto"`` (default)
+        uses the calibration shipped for a packaged model or the folder's
+        ``omnitrace-calibration.json``; a path or :class:`Calibration` uses that one; ``None``
+        uses none (the ``attmean`` defaults).
         """
         if dtype is not None:
             load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if device_map is not None:
             load_kwargs["device_map"] = device_map
+        if isinstance(calibration, str) and calibration == "auto":
+            cal = find_calibration(str(name_or_path))
+        elif isinstance(calibration, (str, os.PathLike)):
+            cal = load_calibration(calibration)
+        else:
+            cal = calibration
         loaded = load_model(name_or_path, **load_kwargs)
         if device is not None and device_map is None:
             loaded.model.to(device)
@@ -241,7 +262,24 @@ class Tracer:
             config=config,
             model_name=loaded.name,
             prompt_builder=loaded.prompt_builder,
+            calibration=cal,
         )
+
+    def signal_for(self, name: str | Signal) -> Signal:
+        """The signal instance for a name; ``learned`` is this tracer's calibrated heads.
+
+        Raises:
+            UnknownNameError: an unknown name, or ``learned`` without a calibration (named).
+        """
+        if isinstance(name, str) and name.lower() == LearnedHeads.name:
+            if self._learned is None:
+                raise UnknownNameError(
+                    f"signal 'learned' needs head weights calibrated for model {self.loaded.name!r} and "
+                    "none is loaded: run `omnitrace calibrate --model ...` and pass calibration=PATH, "
+                    "or use 'attmean'"
+                )
+            return self._learned
+        return get_signal(name)
 
     @property
     def model(self) -> Any:
@@ -297,7 +335,7 @@ class Tracer:
     ) -> Iterator[StreamEvent]:
         cfg = config or self.config
         try:
-            signal = get_signal(cfg.signal)
+            signal = self.signal_for(cfg.signal)
             srcs, layout = self._layout(sources, question, cfg)
             gen = self._generation_kwargs(cfg, generation_kwargs)
             self._check_length(len(layout.input_ids), int(gen["max_new_tokens"]))
@@ -331,7 +369,7 @@ class Tracer:
                 "input_rejected", operation="attribute", error_type=type(exc).__name__, reason=str(exc)
             )
             raise
-        info = self._info("attribute", srcs, question, layout, get_signal(cfg.signal), {})
+        info = self._info("attribute", srcs, question, layout, self.signal_for(cfg.signal), {})
 
         def run() -> Iterator[StreamEvent]:
             answer = self._attribute_layout(srcs, layout, response, cfg, mode="attribute", finish_reason=None)
@@ -540,7 +578,7 @@ class Tracer:
             assembler,
             cfg,
             text="",
-            signal=get_signal(cfg.signal).name,
+            signal=self.signal_for(cfg.signal).name,
             mode="generate",
             prompt_tokens=len(layout.input_ids),
             generated_tokens=0,
@@ -557,7 +595,7 @@ class Tracer:
         finish_reason: str | None,
     ) -> TracedAnswer:
         t0 = time.perf_counter()
-        signal = get_signal(cfg.signal)
+        signal = self.signal_for(cfg.signal)
         forced = self.forced_rows(layout, response, signal)
         answer = self.assemble_forced(srcs, layout, forced, cfg, mode=mode, finish_reason=finish_reason)
         return answer.model_copy(update={"timings": {"attribution_s": time.perf_counter() - t0}})

@@ -90,7 +90,12 @@ def _variant_configs() -> dict[str, TracerConfig]:
 VARIANTS: dict[str, TracerConfig] = _variant_configs()
 GROUNDING_METHOD = "omnitrace-grounding"
 #: Other signals: name -> signal (default config otherwise).
-SIGNAL_METHODS: dict[str, str] = {"omnitrace-rawatt": "rawatt", "omnitrace-attgrads": "attgrads"}
+SIGNAL_METHODS: dict[str, str] = {
+    "omnitrace-attmean": "attmean",
+    "omnitrace-learned": "learned",
+    "omnitrace-rawatt": "rawatt",
+    "omnitrace-attgrads": "attgrads",
+}
 #: Peers: name -> module that implements them.
 PEER_METHODS: dict[str, str] = {
     "self-cite": "omnitrace_core.evaluation.selfcite",
@@ -107,7 +112,11 @@ METHODS: tuple[str, ...] = (
 )
 #: What ``omnitrace eval`` runs when no ``--method`` / ``--baseline`` is given. AttGrads is left
 #: out: one backward pass per token made it ~40x slower than a forward pass on the dev rows.
-DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "omnitrace-attgrads")
+#: ``omnitrace-learned`` too: it needs a calibrated model, and where there is one it is the
+#: default method (``omnitrace``) already, with ``omnitrace-attmean`` beside it.
+DEFAULT_METHODS: tuple[str, ...] = tuple(
+    m for m in METHODS if m not in {"omnitrace-attgrads", "omnitrace-learned"}
+)
 
 
 def check_methods(names: Sequence[str]) -> list[str]:
@@ -257,12 +266,11 @@ class ModelWorker:
         return _finish(prediction, method, spent)
 
     def _shared_pass(self, row: Row, text: str, methods: list[str]) -> dict[str, dict[str, Any]]:
-        from omnitrace_core.signals import get_signal
 
         try:
             t0 = time.perf_counter()
             srcs, layout = self._layout(row)
-            forced = self.tracer.forced_rows(layout, text, get_signal(self.tracer.config.signal))
+            forced = self.tracer.forced_rows(layout, text, self.tracer.signal_for(self.tracer.config.signal))
             seconds = time.perf_counter() - t0
         except Exception as exc:
             return {m: {"error": f"{type(exc).__name__}: {exc}"} for m in methods}
@@ -280,14 +288,19 @@ class ModelWorker:
         return out
 
     def _signal(self, row: Row, text: str, method: str) -> dict[str, Any]:
-        from omnitrace_core.signals import get_signal
-
         t0 = time.perf_counter()
-        signal = get_signal(SIGNAL_METHODS[method])
+        signal = self.tracer.signal_for(SIGNAL_METHODS[method])
         srcs, layout = self._layout(row)
         forced = self.tracer.forced_rows(layout, text, signal)
         backward = len(forced.rows) + len(forced.reference_rows) if signal.needs_gradients else 0
         cfg = self.tracer.config.model_copy(update={"signal": signal.name})
+        calibration = self.tracer.calibration
+        if signal.name == "attmean":  # the paper's signal with the library's own defaults
+            plain = TracerConfig()
+            cfg = cfg.model_copy(update={"mapping": plain.mapping, "curation": plain.curation})
+        elif signal.name == "learned" and calibration is not None:  # with the defaults fitted with it
+            fitted = calibration.tracer_config()
+            cfg = cfg.model_copy(update={"mapping": fitted.mapping, "curation": fitted.curation})
         return self._assemble(
             row, srcs, layout, forced, cfg, method, cost(1, backward, time.perf_counter() - t0)
         )
