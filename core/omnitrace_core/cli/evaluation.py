@@ -1,4 +1,4 @@
-"""The evaluation room's commands: ``omnitrace predict``, ``score``, ``eval`` and ``report``.
+"""The evaluation room's commands: ``omnitrace predict``, ``score``, ``eval``, ``report``, ``calibrate``.
 
 Thin: each command parses its options, calls :mod:`omnitrace_core.evaluation` and maps the
 library's errors to exit codes (0 all done; 1 done, something named was skipped; 2 unusable
@@ -40,7 +40,9 @@ def predict(
     data: Annotated[Path, typer.Argument(help="Dataset in the shared benchmark format (JSONL)")],
     out: Annotated[Path, typer.Option(help="Where to write prediction rows (JSONL)")],
     model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
-    signal: Annotated[str, typer.Option()] = "attmean",
+    signal: Annotated[
+        str | None, typer.Option(help="Signal (default: the model's: learned where calibrated, else attmean)")
+    ] = None,
     correction: Annotated[str | None, typer.Option(help="Bias correction: none|prompt|running|both")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 128,
@@ -252,4 +254,72 @@ def report_command(
     written = [out.results, *out.images, *(p for p in (out.gallery, out.screenshot) if p)]
     err.print("wrote " + ", ".join(str(p) for p in written))
     if out.notes:
+        raise typer.Exit(1)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    data: Annotated[Path, typer.Option(help="Prompts (JSONL: id, sources, question[, response])")],
+    out: Annotated[Path, typer.Option(help="Where to write the calibration (JSON)")],
+    model: Annotated[str, typer.Option(help="Packaged model name or local folder")] = DEFAULT_MODEL,
+    k: Annotated[int, typer.Option(help="Random source-ablation masks per prompt", min=2)] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the masks and the held-out split")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Decoding budget when a prompt has no response")] = 48,
+    limit: Annotated[int | None, typer.Option(help="Only the first N prompts", min=1)] = None,
+    engine: Annotated[str, typer.Option(help="Row engine for collection: local or ray")] = "local",
+    workers: Annotated[int, typer.Option(help="Workers (ray: actors, each loading the model)")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
+    note: Annotated[str, typer.Option(help="What the prompts are (stored in the calibration)")] = "",
+) -> None:
+    """Learn this model's head weights and defaults from its own source ablations (no labels).
+
+    Resumable: finished prompts are kept in OUT.parts/ and reused by a rerun.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from omnitrace_core.evaluation.calibrate import CalibrationSettings, calibrate, read_prompts
+
+    try:
+        rows = read_prompts(data)[:limit]
+        tracer = make_tracer(model, threads=threads, calibrated=False)
+    except OmniTraceError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings = CalibrationSettings(k=k, seed=seed, max_new_tokens=max_new_tokens)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("calibrate: ablations", total=len(rows))
+        try:
+            cal, problems = calibrate(
+                tracer,
+                rows,
+                out,
+                settings,
+                data_note=note or str(data),
+                engine=engine,
+                workers=workers,
+                address=address,
+                threads=threads,
+                progress=lambda: bar.advance(task),
+            )
+        except (OmniTraceError, ImportError, ConnectionError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    for p in problems:
+        err.print(f"[yellow]skipped:[/yellow] {p}")
+    fit = cal.fit
+    console.print(
+        f"{cal.model}: {fit['prompts']} prompts, {fit['forward_passes']} forward passes, "
+        f"{fit['total_seconds']} s; held-out correlation learned {fit['heldout_corr_learned']} vs "
+        f"uniform (AttMean) {fit['heldout_corr_uniform']} vs last layer {fit['heldout_corr_last_layer']}"
+    )
+    if cal.mapping and cal.curation:
+        console.print(
+            f"defaults: bias correction {cal.mapping.bias_correction}, "
+            f"min_relative {cal.curation.min_relative}"
+            + (f", grounding weak_min {cal.grounding.weak_min}" if cal.grounding else "")
+        )
+    err.print(f"wrote {out}")
+    if problems:
         raise typer.Exit(1)

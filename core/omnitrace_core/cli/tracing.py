@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from omnitrace_core.config import MappingConfig, TracerConfig
+from omnitrace_core.config import MappingConfig
 from omnitrace_core.errors import InvalidInputError, OmniTraceError
 from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.results import Citation, TracedAnswer
@@ -48,28 +48,41 @@ DEMO_QUESTION = "How tall is the Veltra lighthouse and who was its keeper?"
 
 def make_tracer(
     model: str,
-    signal: str,
+    signal: str | None = None,
     correction: str | None = None,
     threads: int | None = None,
     asr: bool = False,
     rerank: bool = False,
+    calibrated: bool = True,
 ) -> Any:
+    """Load ``model`` with its own defaults (its calibration, if any) plus the options given."""
     import torch
 
+    from omnitrace_core.rerank import RerankConfig
     from omnitrace_core.tracer import Tracer
 
     if threads:
         torch.set_num_threads(threads)
-    mapping = MappingConfig(bias_correction=correction) if correction else MappingConfig()
-    from omnitrace_core.rerank import RerankConfig
-
-    config = TracerConfig(
-        signal=signal,
-        mapping=mapping,
-        audio_fallback="asr" if asr else "error",
-        rerank=RerankConfig() if rerank else None,
-    )
-    return Tracer.from_pretrained(model, config=config)
+    tracer = Tracer.from_pretrained(model, calibration="auto" if calibrated else None)
+    base = tracer.config
+    update: dict[str, Any] = {"audio_fallback": "asr" if asr else "error"}
+    if signal:
+        update["signal"] = signal
+    if correction:
+        try:
+            update["mapping"] = MappingConfig.model_validate(
+                {**base.mapping.model_dump(), "bias_correction": correction}
+            )
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"--correction {correction!r}: choose none, prompt, running or both"
+            ) from exc
+    if rerank:
+        update["rerank"] = RerankConfig()
+    config = base.model_copy(update=update)
+    tracer.signal_for(config.signal)  # an unknown name fails here, named
+    tracer.config = config
+    return tracer
 
 
 def _where(c: Citation) -> str:
@@ -133,7 +146,7 @@ def demo(
 ) -> None:
     """Answer a bundled question over bundled sources and show each sentence's citations."""
     try:
-        tracer = make_tracer(model, "attmean")
+        tracer = make_tracer(model)
         console.print(f"[bold]Question:[/bold] {DEMO_QUESTION}\n")
         answer = tracer.generate(DEMO_SOURCES, DEMO_QUESTION, max_new_tokens=max_new_tokens)
     except OmniTraceError as exc:
@@ -170,7 +183,9 @@ def run(
     video: Annotated[list[Path] | None, typer.Option(help="A video file as a source (repeatable)")] = None,
     asr: Annotated[bool, typer.Option("--asr", help="Transcribe audio offline for a text model")] = False,
     model: Annotated[str, typer.Option()] = DEFAULT_MODEL,
-    signal: Annotated[str, typer.Option()] = "attmean",
+    signal: Annotated[
+        str | None, typer.Option(help="Signal (default: the model's: learned where calibrated, else attmean)")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
 ) -> None:
