@@ -25,9 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from omnitrace_core.config import CurationConfig, MappingConfig, TracerConfig
+from omnitrace_core.config import CurationConfig, GroundingThresholds, MappingConfig, TracerConfig
 from omnitrace_core.errors import InvalidInputError, ModelLoadError
-from omnitrace_core.grounding import GroundingThresholds
 
 FORMAT_VERSION = 1
 
@@ -137,6 +136,7 @@ class Calibration(BaseModel):
             signal=self.default_signal,
             mapping=self.mapping or MappingConfig(),
             curation=self.curation or CurationConfig(),
+            grounding=self.grounding,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:

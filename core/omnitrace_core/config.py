@@ -156,6 +156,30 @@ class RerankConfig(BaseModel):
     title_in_unit: bool = True
 
 
+class GroundingThresholds(BaseModel):
+    """Thresholds of the grounding verdict (see the module docstring for the defaults' reasons).
+
+    Attributes:
+        attention_weight: Weight of the position-normalised attention signal (the rest is
+            similarity).
+        supported_min: Score at or above which a sentence is ``supported``.
+        weak_min: Score at or above which a sentence is ``weak`` (below: ``unsupported``).
+        min_content_words: Sentences with fewer content words (e.g. "Sure.") are never
+            flagged: there is nothing to support.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attention_weight: float = Field(0.25, ge=0.0, le=1.0)
+    supported_min: float = Field(0.7, ge=0.0, le=1.0)
+    weak_min: float = Field(0.55, ge=0.0, le=1.0)
+    min_content_words: int = Field(2, ge=0)
+
+    def model_post_init(self, _context: object, /) -> None:
+        if self.weak_min > self.supported_min:
+            raise ValueError(f"weak_min ({self.weak_min}) must be <= supported_min ({self.supported_min})")
+
+
 class TracerConfig(BaseModel):
     """The whole tracer configuration.
 
@@ -172,6 +196,8 @@ class TracerConfig(BaseModel):
         rerank: Opt-in: each sentence's attention votes re-ranked by sentence-unit embedding
             similarity (``omnitrace_core.rerank``, needs the ``examples`` extra). ``None``
             (default): the attention curation alone decides.
+        grounding: Thresholds of the grounding verdict for this model (a calibration sets
+            them); ``None``: the library's defaults (:mod:`omnitrace_core.grounding`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -185,3 +211,4 @@ class TracerConfig(BaseModel):
     audio_fallback: Literal["error", "asr"] = "error"
     asr_model: str | None = None
     rerank: RerankConfig | None = None
+    grounding: GroundingThresholds | None = None

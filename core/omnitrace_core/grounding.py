@@ -40,8 +40,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
+from omnitrace_core.config import GroundingThresholds
 from omnitrace_core.results import SentenceAttribution, TracedAnswer
 
 Label = Literal["supported", "weak", "unsupported"]
@@ -175,30 +176,6 @@ def content_words(text: str) -> set[str]:
     return out
 
 
-class GroundingThresholds(BaseModel):
-    """Thresholds of the grounding verdict (see the module docstring for the defaults' reasons).
-
-    Attributes:
-        attention_weight: Weight of the position-normalised attention signal (the rest is
-            similarity).
-        supported_min: Score at or above which a sentence is ``supported``.
-        weak_min: Score at or above which a sentence is ``weak`` (below: ``unsupported``).
-        min_content_words: Sentences with fewer content words (e.g. "Sure.") are never
-            flagged: there is nothing to support.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    attention_weight: float = Field(0.25, ge=0.0, le=1.0)
-    supported_min: float = Field(0.7, ge=0.0, le=1.0)
-    weak_min: float = Field(0.55, ge=0.0, le=1.0)
-    min_content_words: int = Field(2, ge=0)
-
-    def model_post_init(self, _context: object, /) -> None:
-        if self.weak_min > self.supported_min:
-            raise ValueError(f"weak_min ({self.weak_min}) must be <= supported_min ({self.supported_min})")
-
-
 class SentenceVerdict(BaseModel):
     """The verdict on one answer sentence.
 
@@ -290,17 +267,29 @@ def _similarity(answer: TracedAnswer, text: str) -> tuple[float, str | None]:
     return best, best_id
 
 
+def _answer_thresholds(answer: TracedAnswer) -> GroundingThresholds:
+    raw = answer.config.get("grounding") if isinstance(answer.config, dict) else None
+    if raw:
+        try:
+            return GroundingThresholds.model_validate(raw)
+        except ValueError:
+            pass  # an answer edited by hand: fall back to the documented defaults
+    return GroundingThresholds()
+
+
 def assess_grounding(answer: TracedAnswer, thresholds: GroundingThresholds | None = None) -> GroundingVerdict:
     """Judge each sentence of a traced answer: supported, weak or unsupported.
 
     Args:
         answer: A result of ``Tracer.generate`` / ``stream`` / ``attribute``.
-        thresholds: Thresholds and weights (defaults documented on :class:`GroundingThresholds`).
+        thresholds: Thresholds and weights. ``None``: the ones the answer's tracer config
+            carries (a calibrated model's, chosen on its calibration data), else the library
+            defaults documented on :class:`GroundingThresholds`.
 
     Returns:
         The per-sentence verdicts.
     """
-    th = thresholds or GroundingThresholds()
+    th = thresholds or _answer_thresholds(answer)
     verdicts: list[SentenceVerdict] = []
     for s in answer.sentences:
         attention = _attention(answer, s)

@@ -106,7 +106,8 @@ class GroundingCheck(RunnableSerializable[Any, AIMessage]):
     llm: Runnable[Any, Any] | None = None
     mode: Mode = "annotate"
     max_retries: int = Field(2, ge=0, le=10)
-    thresholds: GroundingThresholds = Field(default_factory=GroundingThresholds)
+    thresholds: GroundingThresholds | None = None
+    """``None``: the model's own (a calibrated model's), else the library defaults."""
     retry_instruction: str = RETRY_INSTRUCTION
 
     @model_validator(mode="after")

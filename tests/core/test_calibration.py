@@ -126,3 +126,14 @@ def test_find_calibration_in_a_model_folder(tmp_path, tiny_model):
     _calibration(tiny_model).save(tmp_path / "omnitrace-calibration.json")
     assert find_calibration(str(tmp_path)).model == "tiny-llama"
     assert find_calibration("no-such-packaged-model") is None
+
+
+def test_a_calibrations_grounding_thresholds_reach_the_verdict(tiny_model, tiny_tokenizer, sources):
+    from omnitrace_core.config import GroundingThresholds
+    from omnitrace_core.grounding import assess_grounding
+
+    strict = GroundingThresholds(attention_weight=0.0, weak_min=0.99, supported_min=1.0)
+    tracer = Tracer(tiny_model, tiny_tokenizer, calibration=_calibration(tiny_model, grounding=strict))
+    answer = tracer.attribute(sources, "When was it founded?", "Valbrook Works was founded in 1905.")
+    assert assess_grounding(answer).thresholds == strict  # the model's own, carried by the answer
+    assert assess_grounding(answer, GroundingThresholds()).thresholds == GroundingThresholds()
