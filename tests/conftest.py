@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny random Llama with a small byte-level BPE tokenizer, and the packaged model."""
+"""Shared fixtures: a tiny random Llama with a small byte-level BPE tokenizer, and the packaged model.
+
+The hand-built result factories live in ``tests/factories.py`` and are re-exported here, so
+``from tests.conftest import make_answer`` and ``from tests.factories import make_answer`` both work.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,17 @@ import os
 
 import pytest
 import torch
+
+from tests.factories import (
+    make_answer,
+    make_citation,
+    make_sentence,
+    make_source_info,
+    make_token,
+    make_unit,
+)
+
+__all__ = ["make_answer", "make_citation", "make_sentence", "make_source_info", "make_token", "make_unit"]
 
 torch.set_num_threads(int(os.environ.get("OMNITRACE_TEST_THREADS", "1")))
 

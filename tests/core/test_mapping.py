@@ -7,33 +7,12 @@ import torch
 
 from omnitrace_core.config import MappingConfig
 from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
-from omnitrace_core.sources import SourceUnit
+from tests.factories import make_unit
 
 
 def _units():
     # positions 0 (sink) | 1-3 unit a | 4-6 unit b | 7-8 scaffolding
-    return [
-        SourceUnit(
-            unit_id="a",
-            source_id="a",
-            index=0,
-            text="A",
-            char_start=0,
-            char_end=1,
-            token_start=1,
-            token_end=4,
-        ),
-        SourceUnit(
-            unit_id="b",
-            source_id="b",
-            index=0,
-            text="B",
-            char_start=0,
-            char_end=1,
-            token_start=4,
-            token_end=7,
-        ),
-    ]
+    return [make_unit("a", "A", token_start=1, token_end=4), make_unit("b", "B", token_start=4, token_end=7)]
 
 
 def test_summed_rule_picks_largest_total_and_peak_rule_the_single_max():

@@ -9,6 +9,7 @@ from omnitrace_core.errors import InvalidInputError, UnsupportedModalityError
 from omnitrace_core.prompting import TextPromptBuilder, prepare_sources
 from omnitrace_core.results import Citation, merge_located, merge_spans
 from omnitrace_core.sources import MediaSource, TextSource, build_prompt, validate_sources
+from tests.factories import make_answer, make_citation
 
 TRANSCRIPT = "The meeting starts at nine. Budget is ten thousand. We close at five."
 
@@ -77,12 +78,12 @@ def test_text_model_rejects_media_by_model_and_modality(tiny_tokenizer):
 
 def test_located_citations_merge_adjacent_bins():
     def cite(unit: int, a: float, b: float, score: float) -> Citation:
-        return Citation(
-            source_id="rec1", unit_id=f"rec1#{unit}", score=score, cited_text=f"u{unit}",
+        return make_citation(
+            "rec1", score, f"u{unit}", unit_id=f"rec1#{unit}",
             char_start=unit * 10, char_end=unit * 10 + 9, modality="audio", seconds=[(a, b)],
-        )
+        )  # fmt: skip
 
-    text = Citation(source_id="doc", unit_id="doc", score=0.2, cited_text="t", char_start=0, char_end=1)
+    text = make_citation("doc", 0.2, "t")
     merged = merge_located([cite(3, 3.0, 4.0, 0.3), text, cite(1, 1.0, 2.0, 0.25), cite(2, 2.0, 3.0, 0.25)])
     assert [c.source_id for c in merged] == ["rec1", "doc"]
     assert merged[0].seconds == [(1.0, 4.0)]
@@ -92,16 +93,12 @@ def test_located_citations_merge_adjacent_bins():
 
 
 def test_prediction_rows_carry_seconds_and_boxes():
-    from omnitrace_core.results import SentenceAttribution, TracedAnswer
+    from omnitrace_core.results import TracedAnswer
 
-    c_audio = Citation(source_id="rec1", unit_id="rec1#0", score=0.6, cited_text="x", char_start=0, char_end=1,
-                       modality="audio", seconds=[(0.0, 2.1)])
-    c_image = Citation(source_id="img", unit_id="img#r0", score=0.4, cited_text="", char_start=0, char_end=0,
-                       modality="image", boxes=[(0, 0, 32, 32)])
-    sentence = SentenceAttribution(index=0, text="Hi.", char_start=0, char_end=3, token_start=0, token_end=1,
-                                   citations=[c_audio, c_image], source_mass={}, grounded=True)
-    answer = TracedAnswer(text="Hi.", sentences=[sentence], tokens=[], sources=[], model="m", signal="attmean",
-                          mode="attribute", prompt_tokens=1, generated_tokens=1)
+    c_audio = make_citation("rec1", 0.6, "x", unit_id="rec1#0", modality="audio", seconds=[(0.0, 2.1)])
+    c_image = make_citation("img", 0.4, unit_id="img#r0", modality="image", boxes=[(0, 0, 32, 32)])
+    answer = make_answer([("Hi.", [c_audio, c_image], {"source_mass": {}})], model="m", mode="attribute",
+                         prompt_tokens=1)
     cites = answer.to_prediction("r")["sentences"][0]["citations"]
     assert cites == [
         {"source_id": "rec1", "score": 0.6, "seconds": [[0.0, 2.1]]},

@@ -19,14 +19,8 @@ from omnitrace_core.rerank import (
     sentence_votes,
     similarities,
 )
-from omnitrace_core.results import (
-    Citation,
-    SentenceAttribution,
-    SourceInfo,
-    TokenAttribution,
-    TracedAnswer,
-)
-from omnitrace_core.sources import SourceUnit
+from omnitrace_core.results import TracedAnswer
+from tests.factories import make_answer, make_citation, make_source_info, make_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every knob explicit, so these tests do not move when the tuned defaults do.
@@ -56,14 +50,10 @@ def concept_embedder(texts):
     return out
 
 
-def unit(uid: str, text: str) -> SourceUnit:
-    return SourceUnit(unit_id=uid, source_id=uid, index=0, text=text, char_start=0, char_end=len(text))
-
-
 UNITS = [
-    unit("doc1", "Valbrook Works makes water filters."),
-    unit("doc2", "Harlow Labs makes drone motors."),
-    unit("doc3", "The Merrow lighthouse is 42 metres tall."),
+    make_unit("doc1", "Valbrook Works makes water filters."),
+    make_unit("doc2", "Harlow Labs makes drone motors."),
+    make_unit("doc3", "The Merrow lighthouse is 42 metres tall."),
 ]
 
 
@@ -175,28 +165,16 @@ def test_default_embedder_names_the_extra_when_sentence_transformers_is_missing(
 
 def _answer(sentences: list[tuple[str, str, list[str]]], errors: list[str] | None = None) -> TracedAnswer:
     """An answer whose tokens are its words, each attributed to the given unit."""
-    text, records, sents = "", [], []
-    for k, (sentence, cited, token_units) in enumerate(sentences):
-        if text:
-            text += " "
-        start, first = len(text), len(records)
-        words = sentence.split()
-        pos_in = start
-        for w, uid in zip(words, token_units, strict=True):
-            records.append(TokenAttribution(index=len(records), token=w, char_start=pos_in,
-                                            char_end=pos_in + len(w), unit_id=uid, source_id=uid,
-                                            confidence=0.8, pos="NOUN"))
-            pos_in += len(w) + 1
-        text += sentence
-        cit = [Citation(source_id=cited, unit_id=cited, score=1.0, cited_text="", char_start=0, char_end=0)]
-        sents.append(SentenceAttribution(index=k, text=sentence, char_start=start, char_end=len(text),
-                                         token_start=first, token_end=len(records), citations=cit,
-                                         source_mass={cited: 0.7, "doc3": 0.3}, grounded=True))
-    return TracedAnswer(
-        text=text, sentences=sents, tokens=records,
-        sources=[SourceInfo(id=u.unit_id, title=u.unit_id.upper(), units=[u]) for u in UNITS],
-        model="fake", signal="attmean", mode="attribute", prompt_tokens=10,
-        generated_tokens=len(records), errors=errors or [],
+    return make_answer(
+        [
+            (sentence, [make_citation(cited)], {"source_mass": {cited: 0.7, "doc3": 0.3}, "token_units": units})
+            for sentence, cited, units in sentences
+        ],
+        sources=[make_source_info(u.unit_id, title=u.unit_id.upper(), units=[u]) for u in UNITS],
+        tokens="words",
+        model="fake",
+        mode="attribute",
+        errors=errors,
     )
 
 

@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from omnitrace_core.results import Citation, SentenceAttribution, TracedAnswer
+from omnitrace_core.results import TracedAnswer
+from tests.factories import make_answer, make_citation
 
 
 def _answer() -> TracedAnswer:
-    cite = Citation(
-        source_id="doc1",
-        unit_id="doc1",
-        score=0.9,
-        cited_text="Hello there.",
-        char_start=0,
-        char_end=12,
-        title="T",
-        metadata={"k": [1, 2]},
-    )
-    sent = SentenceAttribution(
-        index=0,
-        text="Hi.",
-        char_start=0,
-        char_end=3,
-        token_start=0,
-        token_end=2,
-        citations=[cite],
-        source_mass={"doc1": 0.9, "doc2": 0.1},
-        grounded=True,
-    )
-    return TracedAnswer(
-        text="Hi.",
-        sentences=[sent],
-        tokens=[],
-        sources=[],
-        model="m",
-        signal="attmean",
-        mode="generate",
-        prompt_tokens=10,
-        generated_tokens=2,
-        finish_reason="stop",
+    cite = make_citation("doc1", 0.9, "Hello there.", title="T", metadata={"k": [1, 2]})
+    return make_answer(
+        [("Hi.", [cite], {"token_end": 2, "source_mass": {"doc1": 0.9, "doc2": 0.1}})], model="m"
     )
 
 

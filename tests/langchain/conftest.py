@@ -9,19 +9,8 @@ from typing import Any
 
 import pytest
 
-from omnitrace_core import (
-    Citation,
-    FinalEvent,
-    SentenceAttribution,
-    SentenceEvent,
-    SourceInfo,
-    SourceUnit,
-    TextDelta,
-    TextSource,
-    TokenAttribution,
-    TracedAnswer,
-    TracerConfig,
-)
+from omnitrace_core import FinalEvent, SentenceEvent, TextDelta, TextSource, TracedAnswer, TracerConfig
+from tests.factories import make_answer
 
 # Without the langchain extra, these tests are not collected at all.
 collect_ignore_glob = [] if importlib.util.find_spec("langchain_core") else ["test_*.py"]
@@ -42,91 +31,18 @@ def build_answer(
     model: str = "fake-model",
     source_fraction: float = 0.5,
 ) -> TracedAnswer:
-    """A TracedAnswer whose sentences (joined by spaces) cite the given (source id, score)s."""
-    by_id = {s.id: s for s in sources}
-    text = ""
-    sents: list[SentenceAttribution] = []
-    tokens: list[TokenAttribution] = []
-    for i, (sentence, cites) in enumerate(sentences):
-        if text:
-            text += " "
-        start = len(text)
-        text += sentence
-        tok_start = len(tokens)
-        pos = start
-        for word in sentence.split(" "):
-            a = text.index(word, pos)
-            tokens.append(
-                TokenAttribution(
-                    index=len(tokens),
-                    token=word,
-                    char_start=a,
-                    char_end=a + len(word),
-                    unit_id=cites[0][0] if cites else None,
-                    source_id=cites[0][0] if cites else None,
-                    confidence=0.8,
-                    pos="NOUN",
-                    source_fraction=source_fraction,
-                )
-            )
-            pos = a + len(word)
-        citations = [
-            Citation(
-                source_id=sid,
-                unit_id=sid,
-                score=score,
-                cited_text=by_id[sid].text,
-                char_start=0,
-                char_end=len(by_id[sid].text),
-                title=by_id[sid].title,
-                url=by_id[sid].url,
-                metadata=dict(by_id[sid].metadata),
-            )
-            for sid, score in cites
-        ]
-        sents.append(
-            SentenceAttribution(
-                index=i,
-                text=sentence,
-                char_start=start,
-                char_end=len(text),
-                token_start=tok_start,
-                token_end=len(tokens),
-                citations=citations,
-                source_mass={sid: score for sid, score in cites},
-                grounded=bool(cites),
-            )
-        )
-    infos = [
-        SourceInfo(
-            id=s.id,
-            title=s.title,
-            url=s.url,
-            metadata=dict(s.metadata),
-            units=[
-                SourceUnit(
-                    unit_id=s.id,
-                    source_id=s.id,
-                    index=0,
-                    text=s.text,
-                    char_start=0,
-                    char_end=len(s.text),
-                )
-            ],
-        )
-        for s in sources
-    ]
-    return TracedAnswer(
-        text=text,
-        sentences=sents,
-        tokens=tokens,
-        sources=infos,
+    """A TracedAnswer whose sentences (joined by spaces) cite the given (source id, score)s.
+
+    Each citation cites its whole source; each word is a token attributed to the sentence's
+    first cited source.
+    """
+    return make_answer(
+        sentences,
+        sources=sources,
+        tokens="words",
+        token_fields={"source_fraction": source_fraction},
         model=model,
-        signal="attmean",
-        mode="generate",
         prompt_tokens=50,
-        generated_tokens=len(tokens),
-        finish_reason="stop",
     )
 
 

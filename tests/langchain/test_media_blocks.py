@@ -20,21 +20,13 @@ import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.messages.content import create_image_block
 
-from omnitrace_core import (
-    Citation,
-    FinalEvent,
-    SentenceAttribution,
-    SourceInfo,
-    SourceUnit,
-    TextSource,
-    TracedAnswer,
-    TracerConfig,
-)
+from omnitrace_core import FinalEvent, TextSource, TracedAnswer, TracerConfig
 from omnitrace_core.errors import MediaError, UnsupportedModalityError
 from omnitrace_core.sources import MediaSource, TimedSegment
 from omnitrace_integrations.langchain import ChatOmniTrace
 from omnitrace_integrations.langchain.citations import citation_annotation, cited_documents
 from omnitrace_integrations.langchain.messages import UnsupportedContentError, read_messages
+from tests.factories import make_answer, make_citation, make_sentence, make_source_info
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 16
@@ -316,60 +308,19 @@ class RecordingTracer:
 
 
 def _located_answer(sources: list[Any]) -> TracedAnswer:
-    text = "The chart rises. She says it twice."
     first, second = sources[0], sources[-1]
     citations = [
-        Citation(
-            source_id=first.id,
-            unit_id=f"{first.id}#3",
-            score=0.8,
-            cited_text="",
-            char_start=0,
-            char_end=0,
-            modality="image",
-            boxes=[(0, 0, 16, 16), (16, 0, 32, 16)],
+        make_citation(
+            first.id, 0.8, unit_id=f"{first.id}#3", modality="image", boxes=[(0, 0, 16, 16), (16, 0, 32, 16)]
         ),
-        Citation(
-            source_id=second.id,
-            unit_id=f"{second.id}#1",
-            score=0.6,
-            cited_text="it rises",
-            char_start=0,
-            char_end=8,
-            modality="audio",
-            seconds=[(1.0, 2.5), (4.0, 5.0)],
-        ),
-    ]
-    sentence = SentenceAttribution(
-        index=0,
-        text=text[:16],
-        char_start=0,
-        char_end=16,
-        token_start=0,
-        token_end=3,
-        citations=citations,
-        source_mass={first.id: 0.6, second.id: 0.4},
-        grounded=True,
-    )
-    infos = [
-        SourceInfo(
-            id=s.id,
-            modality=s.modality,
-            units=[SourceUnit(unit_id=s.id, source_id=s.id, index=0, text="", char_start=0, char_end=0)],
-        )
-        for s in sources
-    ]
-    return TracedAnswer(
-        text=text,
-        sentences=[sentence],
-        tokens=[],
-        sources=infos,
+        make_citation(second.id, 0.6, "it rises", unit_id=f"{second.id}#1", modality="audio",
+                      seconds=[(1.0, 2.5), (4.0, 5.0)]),
+    ]  # fmt: skip
+    return make_answer(
+        [("The chart rises.", citations, {"source_mass": {first.id: 0.6, second.id: 0.4}})],
+        text="The chart rises. She says it twice.",
+        sources=[make_source_info(s.id, modality=s.modality) for s in sources],
         model="recording",
-        signal="attmean",
-        mode="generate",
-        prompt_tokens=10,
-        generated_tokens=3,
-        finish_reason="stop",
     )
 
 
@@ -406,11 +357,8 @@ def test_chat_model_hands_media_to_the_core_and_locates_citations() -> None:
 
 
 def test_text_citations_carry_no_location() -> None:
-    sentence = SentenceAttribution(
-        index=0, text="x", char_start=0, char_end=1, token_start=0, token_end=1,
-        citations=[], source_mass={}, grounded=False,
-    )  # fmt: skip
-    citation = Citation(source_id="d", unit_id="d", score=1.0, cited_text="t", char_start=0, char_end=1)
+    sentence = make_sentence(0, "x")
+    citation = make_citation("d", 1.0, "t")
     extras = citation_annotation(sentence, citation)["extras"]  # type: ignore[typeddict-item]
     assert extras["modality"] == "text" and "seconds" not in extras and "boxes" not in extras
     # seconds come from Citation.seconds, not from the source's metadata

@@ -19,13 +19,10 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from omnitrace_core import (
-    Citation,
     ContextLengthError,
     FinalEvent,
     InvalidInputError,
-    SentenceAttribution,
     SentenceEvent,
-    SourceInfo,
     SourceUnit,
     StreamEvent,
     TextDelta,
@@ -34,6 +31,7 @@ from omnitrace_core import (
     TracerConfig,
 )
 from omnitrace_core.sources import split_into_sentences, validate_sources
+from tests.factories import SentenceSpec, make_answer, make_citation, make_source_info, make_unit
 
 # A script maps (sources as the model sees them, question) -> [(sentence, [cited prompt ids])].
 Script = Callable[[list[TextSource], str], list[tuple[str, list[str]]]]
@@ -94,16 +92,18 @@ class FakeTracer:
         self.calls.append({"sources": srcs, "question": question, "config": cfg, "kwargs": kw})
         units = _units(srcs, cfg.split_sources)
         plan = self.script(srcs, question)
-        text = " ".join(s for s, _ in plan)
-        spans: list[tuple[int, int]] = []
-        pos = 0
-        for s, _ in plan:
-            spans.append((pos, pos + len(s)))
-            pos += len(s) + 1
-        sentences = [
-            _sentence(i, text, a, b, cited, srcs, units)
-            for i, ((a, b), (_, cited)) in enumerate(zip(spans, plan, strict=True))
-        ]
+        answer = make_answer(
+            [_sentence(sentence, cited, srcs, units) for sentence, cited in plan],
+            sources=[
+                make_source_info(s.id, title=s.title, url=s.url, metadata=s.metadata, units=units[s.id]) for s in srcs
+            ],
+            model=self.loaded.name,
+            signal=cfg.signal,
+            generated_tokens=sum(len(sentence.split()) for sentence, _ in plan),
+            config=cfg.model_dump(mode="json"),
+        )
+        text, sentences = answer.text, answer.sentences
+        spans = [(s.char_start, s.char_end) for s in sentences]
         emitted = 0
         done = 0
         for k, m in enumerate(re.finditer(r"\S+\s*", text)):
@@ -115,24 +115,7 @@ class FakeTracer:
                 done += 1
         for s in sentences[done:]:
             yield SentenceEvent(sentence=s)
-        yield FinalEvent(
-            answer=TracedAnswer(
-                text=text,
-                sentences=sentences,
-                tokens=[],
-                sources=[
-                    SourceInfo(id=s.id, title=s.title, url=s.url, metadata=s.metadata, units=units[s.id])
-                    for s in srcs
-                ],
-                model=self.loaded.name,
-                signal=cfg.signal,
-                mode="generate",
-                prompt_tokens=10,
-                generated_tokens=len(text.split()),
-                finish_reason="stop",
-                config=cfg.model_dump(mode="json"),
-            )
-        )
+        yield FinalEvent(answer=answer)
 
 
 def _units(srcs: list[TextSource], split: bool) -> dict[str, list[SourceUnit]]:
@@ -140,44 +123,30 @@ def _units(srcs: list[TextSource], split: bool) -> dict[str, list[SourceUnit]]:
     for s in srcs:
         pieces = split_into_sentences(s.text) if split else [(0, len(s.text))]
         out[s.id] = [
-            SourceUnit(
-                unit_id=f"{s.id}#{k}" if split else s.id,
-                source_id=s.id,
-                index=k,
-                text=s.text[a:b],
-                char_start=a,
-                char_end=b,
-            )
+            make_unit(s.id, s.text[a:b], index=k, unit_id=f"{s.id}#{k}" if split else s.id, char_start=a)
             for k, (a, b) in enumerate(pieces)
         ]
     return out
 
 
 def _sentence(
-    i: int,
-    text: str,
-    a: int,
-    b: int,
-    cited: list[str],
-    srcs: list[TextSource],
-    units: dict[str, list[SourceUnit]],
-) -> SentenceAttribution:
+    text: str, cited: list[str], srcs: list[TextSource], units: dict[str, list[SourceUnit]]
+) -> SentenceSpec:
+    """A ``make_answer`` sentence citing, of each cited source, the unit sharing most words with it."""
     by_id = {s.id: s for s in srcs}
     citations = []
     for sid in cited:
         src = by_id.get(sid)
         # pick the unit sharing most words with the sentence (last unit when split and tied)
-        cands = units.get(sid) or [
-            SourceUnit(unit_id=sid, source_id=sid, index=0, text="?", char_start=0, char_end=1)
-        ]
-        words = set(text[a:b].lower().split())
+        cands = units.get(sid) or [make_unit(sid, "?")]
+        words = set(text.lower().split())
         unit = max(cands, key=lambda u: len(words & set(u.text.lower().split())))
         citations.append(
-            Citation(
-                source_id=sid,
+            make_citation(
+                sid,
+                1.0 / len(cited),
+                unit.text,
                 unit_id=unit.unit_id,
-                score=1.0 / len(cited),
-                cited_text=unit.text,
                 char_start=unit.char_start,
                 char_end=unit.char_end,
                 title=src.title if src else None,
@@ -187,17 +156,8 @@ def _sentence(
         )
     mass = {s.id: (0.9 if s.id in cited else 0.1) for s in srcs}
     norm = sum(mass.values())
-    return SentenceAttribution(
-        index=i,
-        text=text[a:b],
-        char_start=a,
-        char_end=b,
-        token_start=0,
-        token_end=1,
-        citations=citations,
-        source_mass={k: v / norm for k, v in mass.items()},
-        grounded=bool(citations),
-    )
+    # every sentence spans token 0..1, as before
+    return text, citations, {"token_start": 0, "token_end": 1, "source_mass": {k: v / norm for k, v in mass.items()}}
 
 
 class HashEmbedding(BaseEmbedding):

@@ -29,19 +29,7 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.schema import ImageNode, MediaResource, Node, NodeWithScore, QueryBundle, TextNode
 
-from omnitrace_core import (
-    Citation,
-    FinalEvent,
-    InvalidInputError,
-    SentenceAttribution,
-    SentenceEvent,
-    SourceInfo,
-    SourceUnit,
-    TextDelta,
-    TextSource,
-    TracedAnswer,
-    TracerConfig,
-)
+from omnitrace_core import FinalEvent, InvalidInputError, SentenceEvent, TextDelta, TextSource, TracerConfig
 from omnitrace_core.errors import MediaError, UnsupportedModalityError
 from omnitrace_core.sources import MediaSource
 from omnitrace_integrations.llama_index import OmniTraceCitationQueryEngine, OmniTraceLLM
@@ -54,6 +42,7 @@ from omnitrace_integrations.llama_index.sources import (
     parse_messages,
     prepare_node_sources,
 )
+from tests.factories import make_answer, make_citation, make_source_info, make_unit
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 16
@@ -261,42 +250,23 @@ class RecordingTracer:
         text = "It rises twice."
         first, last = sources[0], sources[-1]
         cites = [
-            Citation(
-                source_id=first.id, unit_id=f"{first.id}#0", score=0.7, cited_text="", char_start=0,
-                char_end=0, modality="image", boxes=[(0, 0, 8, 8)],
-            ),
-            Citation(
-                source_id=last.id, unit_id=f"{last.id}#1", score=0.3, cited_text="", char_start=0,
-                char_end=0, modality="audio", seconds=[(1.0, 2.25), (3.5, 4.0)],
-            ),
-        ]  # fmt: skip
-        sentence = SentenceAttribution(
-            index=0, text=text, char_start=0, char_end=len(text), token_start=0, token_end=1,
-            citations=cites, source_mass={first.id: 0.7, last.id: 0.3}, grounded=True,
-        )  # fmt: skip
-        yield TextDelta(text=text, token_index=0)
-        yield SentenceEvent(sentence=sentence)
-        units = {
-            s.id: [
-                SourceUnit(unit_id=f"{s.id}#{k}", source_id=s.id, index=k, text="", char_start=0, char_end=0)
-                for k in range(2)
-            ]
-            for s in sources
-        }
-        yield FinalEvent(
-            answer=TracedAnswer(
-                text=text,
-                sentences=[sentence],
-                tokens=[],
-                sources=[SourceInfo(id=s.id, modality=s.modality, units=units[s.id]) for s in sources],
-                model=self.loaded.name,
-                signal="attmean",
-                mode="generate",
-                prompt_tokens=10,
-                generated_tokens=3,
-                finish_reason="stop",
-            )
+            make_citation(first.id, 0.7, unit_id=f"{first.id}#0", modality="image", boxes=[(0, 0, 8, 8)]),
+            make_citation(last.id, 0.3, unit_id=f"{last.id}#1", modality="audio", seconds=[(1.0, 2.25), (3.5, 4.0)]),
+        ]
+        answer = make_answer(
+            [(text, cites, {"token_end": 1, "source_mass": {first.id: 0.7, last.id: 0.3}})],
+            sources=[
+                make_source_info(
+                    s.id, modality=s.modality, units=[make_unit(s.id, unit_id=f"{s.id}#{k}", index=k) for k in range(2)]
+                )
+                for s in sources
+            ],
+            model=self.loaded.name,
+            generated_tokens=3,
         )
+        yield TextDelta(text=text, token_index=0)
+        yield SentenceEvent(sentence=answer.sentences[0])
+        yield FinalEvent(answer=answer)
 
 
 def test_llm_hands_media_to_the_core_and_citation_blocks_locate(png_file: Path) -> None:
@@ -323,9 +293,7 @@ def test_llm_hands_media_to_the_core_and_citation_blocks_locate(png_file: Path) 
 
 
 def test_text_citations_get_no_media_location() -> None:
-    assert media_location_info(
-        Citation(source_id="d", unit_id="d", score=1.0, cited_text="t", char_start=0, char_end=1)
-    ) == {}
+    assert media_location_info(make_citation("d", 1.0, "t")) == {}
 
 
 class _ListRetriever(BaseRetriever):

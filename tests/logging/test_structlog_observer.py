@@ -6,9 +6,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
+from omnitrace_core import SentenceAttribution, TracedAnswer
 from omnitrace_core.observers import GenerationInfo
 from omnitrace_integrations.logging import StructlogObserver, add_otel_context, events
+from tests.factories import make_answer, make_citation, make_sentence
 
 INFO = GenerationInfo(
     run_id="run-1",
@@ -24,46 +25,18 @@ INFO = GenerationInfo(
 
 
 def _sentence(index: int, cited: bool) -> SentenceAttribution:
-    citations = (
-        [
-            Citation(
-                source_id="doc1",
-                unit_id="doc1",
-                score=0.83333,
-                cited_text="secret source one",
-                char_start=0,
-                char_end=17,
-            )
-        ]
-        if cited
-        else []
-    )
-    return SentenceAttribution(
-        index=index,
-        text="secret sentence.",
-        char_start=0,
-        char_end=16,
-        token_start=0,
-        token_end=4,
-        citations=citations,
-        source_mass={"doc1": 1.0} if cited else {},
-        grounded=cited,
-    )
+    citations = [make_citation("doc1", 0.83333, "secret source one")] if cited else []
+    mass = {"doc1": 1.0} if cited else {}
+    return make_sentence(index, "secret sentence.", citations=citations, token_end=4, source_mass=mass)
 
 
 def _answer(errors: list[str] | None = None) -> TracedAnswer:
-    return TracedAnswer(
-        text="secret sentence.",
-        sentences=[_sentence(0, True)],
-        tokens=[],
-        sources=[],
+    return make_answer(
+        [_sentence(0, True)],
         model="fake-135m",
-        signal="attmean",
-        mode="generate",
         prompt_tokens=100,
         generated_tokens=8,
-        finish_reason="stop",
-        errors=errors or [],
+        errors=errors,
         timings={"total_s": 2.0, "first_token_s": 0.5},
     )
 

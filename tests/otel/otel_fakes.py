@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from omnitrace_core import Citation, SentenceAttribution, SourceInfo, SourceUnit, TracedAnswer, Tracer
+from omnitrace_core import TracedAnswer, Tracer
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.models import LoadedModel
 from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
 from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta
+from tests import factories
+from tests.factories import make_citation
 
 SOURCES = {
     "doc1": "The Eiffel Tower is in Paris. It was completed in 1889.",
@@ -28,72 +30,23 @@ def make_answer(mode: str = "generate") -> TracedAnswer:
     """A two-sentence answer: the first cites two units, the second cites nothing."""
     s0_text = "The Eiffel Tower is in Paris and was finished in 1889."
     s1_text = " I am not sure about the rest."
-    text = s0_text + s1_text
     cit = [
-        Citation(
-            source_id="doc1",
-            unit_id="doc1#0",
-            score=0.75,
-            cited_text="The Eiffel Tower is in Paris.",
-            char_start=0,
-            char_end=29,
-            title="Eiffel",
-            url="https://example.org/eiffel",
-            metadata={"lang": "en"},
+        make_citation(
+            "doc1", 0.75, "The Eiffel Tower is in Paris.", unit_id="doc1#0",
+            title="Eiffel", url="https://example.org/eiffel", metadata={"lang": "en"},
         ),
-        Citation(
-            source_id="doc1",
-            unit_id="doc1#1",
-            score=0.25,
-            cited_text="It was completed in 1889.",
-            char_start=30,
-            char_end=55,
-        ),
-    ]
-    sentences = [
-        SentenceAttribution(
-            index=0,
-            text=s0_text,
-            char_start=0,
-            char_end=len(s0_text),
-            token_start=0,
-            token_end=14,
-            citations=cit,
-            source_mass={"doc1": 0.9, "doc2": 0.1},
-            grounded=True,
-        ),
-        SentenceAttribution(
-            index=1,
-            text=s1_text,
-            char_start=len(s0_text),
-            char_end=len(text),
-            token_start=14,
-            token_end=22,
-            citations=[],
-            source_mass={"doc1": 0.5, "doc2": 0.5},
-            grounded=False,
-        ),
-    ]
-    sources = [
-        SourceInfo(
-            id=sid,
-            units=[
-                SourceUnit(unit_id=sid, source_id=sid, index=0, text=txt, char_start=0, char_end=len(txt))
-            ],
-        )
-        for sid, txt in SOURCES.items()
-    ]
-    return TracedAnswer(
-        text=text,
-        sentences=sentences,
-        tokens=[],
-        sources=sources,
+        make_citation("doc1", 0.25, "It was completed in 1889.", unit_id="doc1#1", char_start=30),
+    ]  # fmt: skip
+    return factories.make_answer(
+        [
+            (s0_text, cit, {"token_end": 14, "source_mass": {"doc1": 0.9, "doc2": 0.1}}),
+            (s1_text, [], {"token_end": 22, "source_mass": {"doc1": 0.5, "doc2": 0.5}}),
+        ],
+        text=s0_text + s1_text,
+        sources=SOURCES,
         model=MODEL,
-        signal="attmean",
         mode=mode,  # type: ignore[arg-type]
         prompt_tokens=120,
-        generated_tokens=22,
-        finish_reason="stop" if mode == "generate" else None,
         timings={"total_s": 1.5, "first_token_s": 0.2},
     )
 
