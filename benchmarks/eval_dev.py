@@ -15,7 +15,8 @@ scored on the same rows (``-1``: every row, added to the main folder):
 ``--contextcite N``  ContextCite with its default 64 ablations, into ``<out>-contextcite/``;
 ``--attgrads N``     ``omnitrace-attgrads`` (a backward pass per token), into ``<out>-attgrads/``.
 
-usage: nice -n 10 python benchmarks/eval_dev.py [--set dev|hard|both] [--engine local|ray]
+usage: nice -n 10 python benchmarks/eval_dev.py [--set dev|hard|both] [--model NAME] [--methods A,B]
+       [--baselines A,B] [--engine local|ray]
        [--workers N] [--threads N] [--no-faithfulness] [--contextcite N] [--attgrads N]
        [--results DIR]   (a long run can write outside the checkout, then be copied in)
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from omnitrace_core.evaluation.baselines import BASELINES
 from omnitrace_core.evaluation.methods import DEFAULT_METHODS
 from omnitrace_core.evaluation.runner import EvalSettings, evaluate
+from omnitrace_core.models import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,9 +85,11 @@ def seed_from(full: Path, target: Path) -> None:
 
 def run(data: Path, out: Path, args: argparse.Namespace) -> None:
     settings = EvalSettings(
-        engine=args.engine, workers=args.workers, address=args.address, threads=args.threads
+        model=args.model, engine=args.engine, workers=args.workers, address=args.address, threads=args.threads
     )
     cheap = [m for m in DEFAULT_METHODS if m != "contextcite"]
+    if args.methods:
+        cheap = [m for m in args.methods.split(",") if m]
     stages = [("methods + baselines", data, out, cheap, False)]
     if not args.no_faithfulness:
         stages.append(("faithfulness", data, out, cheap, True))
@@ -103,7 +107,8 @@ def run(data: Path, out: Path, args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         print(f"== {dataset.name} -> {target}: {name}", file=sys.stderr, flush=True)
         stage = dataclasses.replace(settings, faithfulness=faithful)
-        report = evaluate(dataset, target, list(BASELINES), None, None, 0, progress, methods, stage)
+        baselines = [b for b in args.baselines.split(",") if b] if args.baselines is not None else list(BASELINES)
+        report = evaluate(dataset, target, baselines, None, None, 0, progress, methods, stage)
         failed = sum(len(m["failures"]) for m in report["methods"].values())
         print(f"   {name}: {time.perf_counter() - t0:.0f} s, {failed} failed predictions", file=sys.stderr)
 
@@ -115,6 +120,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--address", default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="packaged model or folder (its calibration is used)")
+    ap.add_argument("--methods", default=None, help="comma-separated methods (default: the default methods)")
+    ap.add_argument("--baselines", default=None, help="comma-separated baselines (default: all)")
     ap.add_argument("--no-faithfulness", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="parent folder of eval-dev/ and eval-hard/")
     ap.add_argument(
@@ -124,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     for key in ("dev", "hard") if args.set == "both" else (args.set,):
         data, name = SETS[key]
-        out = Path(args.results) / name
+        out = Path(args.results) / (name if args.model == DEFAULT_MODEL else f"{name}-{args.model}")
         if not data.exists():
             print(f"{data} not found: {key} skipped", file=sys.stderr)
             continue
