@@ -238,7 +238,7 @@ def test_tracer_hook_equals_reranking_afterwards(default_tracer):
     config = RerankConfig()
     plain = default_tracer.attribute(row["sources"], row["question"], row["response"])
     hooked = default_tracer.attribute(row["sources"], row["question"], row["response"],
-                                      config=TracerConfig(rerank=config))  # type: ignore[call-arg]
+                                      config=default_tracer.config.model_copy(update={"rerank": config}))
     after = rerank_answer(plain, config)
     assert [[(c.source_id, round(c.score, 6)) for c in s.citations] for s in hooked.sentences] == [
         [(c.source_id, round(c.score, 6)) for c in s.citations] for s in after.sentences
