@@ -57,7 +57,7 @@ from omnitrace_core.evaluation.faithfulness import (
 )
 from omnitrace_core.grounding import GroundingThresholds, assess_grounding
 from omnitrace_core.mapping import UnitIndex
-from omnitrace_core.signals import LearnedHeads, Signal
+from omnitrace_core.signals import Signal
 from omnitrace_core.sources import Source
 from omnitrace_core.tracer import Tracer
 
@@ -419,8 +419,9 @@ def choose_defaults(
                     s = by_span.get(ex.sentences[j])
                     cited[(corr, rel)].append({order[c.source_id] for c in s.citations} if s else set())
         gold.extend(deps[j] for j in keep)
-    scores = {f"{c}/{r}": round(_sentence_f1(v, gold), 4) for (c, r), v in cited.items()}
-    (corr, rel) = max(cited, key=lambda key: (_sentence_f1(cited[key], gold), key == ("both", 0.5)))
+    f1 = {key: _sentence_f1(v, gold) for key, v in cited.items()}
+    scores = {f"{c}/{r}": round(v, 4) for (c, r), v in f1.items()}
+    (corr, rel) = max(f1, key=lambda key: (f1[key], key == ("both", 0.5)))
     mapping = base.mapping.model_copy(update={"bias_correction": corr})
     curation = base.curation.model_copy(update={"min_relative": rel})
     return mapping, curation, {"sentences": len(gold), "f1_by_correction_min_relative": scores}
@@ -610,7 +611,14 @@ def calibrate(
             + (f"; problems: {problems[:3]}" if problems else "")
         )
     weights, report = fit_head_weights(examples, seed=s.seed, heldout=s.heldout)
-    learned = LearnedHeads(weights)
+    layers, heads = head_shape(tracer.model)
+    calibration = Calibration(
+        model=tracer.loaded.name,
+        config_hash=config_hash(tracer.model),
+        num_layers=layers,
+        num_heads=heads,
+        head_weights=[[round(float(w), 8) for w in row] for row in weights.tolist()],
+    )
     by_id = {str(r["id"]): r for r in rows}
     fit: dict[str, Any] = {
         "prompts": len(examples),
@@ -621,43 +629,27 @@ def calibrate(
         "data": data_note,
         **report.as_dict(),
     }
-    mapping = curation = grounding = None
+    defaults: dict[str, Any] = {}
     if s.choose_defaults:
-        mapping, curation, chosen = choose_defaults(tracer, by_id, examples, learned)
+        learned = _with_calibration(tracer, calibration)
+        mapping, curation, chosen = choose_defaults(tracer, by_id, examples, learned.signal_for("learned"))
         cfg = TracerConfig(signal="learned", mapping=mapping, curation=curation)
-        grounding, ground_report = choose_grounding(_with_learned(tracer, weights), by_id, examples, cfg)
+        grounding, ground_report = choose_grounding(learned, by_id, examples, cfg)
+        defaults = {"mapping": mapping, "curation": curation, "grounding": grounding}
         fit.update(defaults=chosen, grounding=ground_report)
-    layers, heads = head_shape(tracer.model)
     fit["total_seconds"] = round(time.perf_counter() - t0, 1)
-    calibration = Calibration(
-        model=tracer.loaded.name,
-        config_hash=config_hash(tracer.model),
-        num_layers=layers,
-        num_heads=heads,
-        head_weights=[[round(float(w), 8) for w in row] for row in weights.tolist()],
-        mapping=mapping,
-        curation=curation,
-        grounding=grounding,
-        fit=fit,
-    )
+    calibration = calibration.model_copy(update={**defaults, "fit": fit})
     calibration.save(out)
     return calibration, problems
 
 
-def _with_learned(tracer: Tracer, weights: torch.Tensor) -> Tracer:
-    """The same model and tokenizer with these weights as its calibration (no reload)."""
-    cal = Calibration(
-        model=tracer.loaded.name,
-        config_hash=config_hash(tracer.model),
-        num_layers=int(weights.shape[0]),
-        num_heads=int(weights.shape[1]),
-        head_weights=weights.tolist(),
-    )
+def _with_calibration(tracer: Tracer, calibration: Calibration) -> Tracer:
+    """The same model and tokenizer with ``calibration`` (no reload)."""
     return Tracer(
         tracer.model,
         tracer.tokenizer,
         config=tracer.config,
         model_name=tracer.loaded.name,
         prompt_builder=tracer.prompt_builder,
-        calibration=cal,
+        calibration=calibration,
     )
