@@ -76,6 +76,8 @@ class CurationConfig(BaseModel):
 
 BiasCorrection = Literal["none", "prompt", "running", "both"]
 MappingRule = Literal["summed", "peak"]
+TokenRows = Literal["producing", "reading", "both"]
+PromptReference = Literal["header", "after_sources"]
 
 
 class MappingConfig(BaseModel):
@@ -90,8 +92,27 @@ class MappingConfig(BaseModel):
             (question, template) give each unit, known before decoding. ``running``: the mean
             share over the response so far (causal, so it streams). ``both``: their geometric
             mean (default: best on the dev set). ``none``: raw shares.
+        prompt_reference: Which prompt rows give the ``prompt`` reference. ``header``
+            (default): the positions after the user's message (the assistant header), which
+            like the response sit after the question. ``after_sources``: every position after
+            the last source (question and header). The question's first tokens sit right after
+            the last source and attend to it by proximity, so that reference overstates the
+            last source's usual share (on the dev set by ~18%, ~30% on MCQ prompts, where the
+            last source is option D) and every response token is corrected against it. A
+            layout without header positions (omni builders) uses ``after_sources``.
         exclude_first_positions: Positions at the very start of the prompt (the attention sink)
             are never part of a unit, so they never absorb mass.
+        token_rows: Which attention row(s) a generated token is attributed with. ``producing``:
+            the row of the query that predicted it (the previous token's). ``reading``: the
+            row of the token itself as a query, computed one decoding step later (default).
+            ``both``: the mean of the two rows' unit shares. The producing row of a token
+            that *names* something the model chose among candidates (an option letter, a
+            label) looks at every candidate alike: on the dev set's MCQ prompts it picks the
+            named option at chance (0.25), whereas the reading row (the model looking the
+            name up once written) picks it 0.85-0.95 of the time (``docs/evaluation.md``).
+            Sentence events then come one decoding step later. A token with no reading row
+            (the last one when decoding stops on the token limit; gradient signals) keeps
+            its producing row.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -99,6 +120,8 @@ class MappingConfig(BaseModel):
     rule: MappingRule = "summed"
     bias_correction: BiasCorrection = "both"
     exclude_first_positions: int = Field(1, ge=0)
+    prompt_reference: PromptReference = "header"
+    token_rows: TokenRows = "reading"
 
 
 class GenerationConfig(BaseModel):

@@ -119,10 +119,24 @@ class TokenMapper:
             return torch.sqrt(running.clamp_min(_EPS) * self.prompt_reference.clamp_min(_EPS))
         return None
 
-    def map(self, row: torch.Tensor) -> TokenMapping:
+    def map(self, row: torch.Tensor, reading_row: torch.Tensor | None = None) -> TokenMapping:
+        """Map one token from its producing ``row``; ``reading_row`` (the token's own row as
+        a query, if known) joins it as ``MappingConfig.token_rows`` says."""
+        mode = self.config.token_rows
+        if reading_row is not None and mode == "reading":
+            row, reading_row = reading_row, None
         mass = self.index.mass(row)
         total_row = float(row.float().sum())
         raw = shares_of(mass)
+        fraction = float(mass.sum()) / total_row if total_row > 0 else 0.0
+        if reading_row is not None and mode == "both":
+            read_mass = self.index.mass(reading_row)
+            read_total = float(reading_row.float().sum())
+            read_raw = shares_of(read_mass)
+            if float(read_raw.sum()) > 0:
+                raw = shares_of(raw + read_raw) if float(raw.sum()) > 0 else read_raw
+                read_fraction = float(read_mass.sum()) / read_total if read_total > 0 else 0.0
+                fraction = (fraction + read_fraction) / 2
         ref = self._reference()
         if ref is not None and float(raw.sum()) > 0:
             corrected = shares_of(raw / ref.clamp_min(1e-4))
@@ -145,5 +159,5 @@ class TokenMapper:
             raw_shares=tuple(float(x) for x in raw),
             unit_index=unit,
             confidence=conf,
-            source_fraction=float(mass.sum()) / total_row if total_row > 0 else 0.0,
+            source_fraction=fraction,
         )

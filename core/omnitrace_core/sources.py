@@ -259,6 +259,10 @@ class PromptLayout(BaseModel):
     text: str
     model_inputs: dict[str, Any] = Field(default_factory=dict)
     """Extra inputs for the model's forward / generate (pixel values, audio features, grids)."""
+    header_positions: list[int] = Field(default_factory=list)
+    """The prompt's last positions, after the user's message (the chat template's assistant
+    header): like the response, they sit after the question, away from the sources. Their
+    rows are the default position-bias reference (``MappingConfig.prompt_reference``)."""
 
 
 def _format_user_message(
@@ -358,4 +362,8 @@ def build_prompt(
         units.append(unit.model_copy(update={"token_start": start, "token_end": toks[-1] + 1}))
         prev_end = toks[-1] + 1
     reference = list(range(prev_end, len(ids)))
-    return PromptLayout(input_ids=ids, units=units, reference_positions=reference, text=text)
+    user_end = user_at + len(user)
+    header = [i for i in reference if offsets[i][0] >= user_end]
+    return PromptLayout(
+        input_ids=ids, units=units, reference_positions=reference, text=text, header_positions=header
+    )

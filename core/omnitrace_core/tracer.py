@@ -34,7 +34,14 @@ from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
 from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
 from omnitrace_core.prompting import PromptBuilder, TextPromptBuilder, prepare_sources
 from omnitrace_core.rerank import EmbeddingReranker
-from omnitrace_core.results import FinalEvent, SentenceEvent, StreamEvent, TextDelta, TracedAnswer
+from omnitrace_core.results import (
+    FinalEvent,
+    SentenceAttribution,
+    SentenceEvent,
+    StreamEvent,
+    TextDelta,
+    TracedAnswer,
+)
 from omnitrace_core.signals import LearnedHeads, Signal, get_signal
 from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
 
@@ -54,6 +61,19 @@ class ForcedRows:
     rows: list[torch.Tensor]
     reference_rows: list[torch.Tensor]
     signal: str
+    reference_at: list[int] | None = None
+    """The prompt position of each reference row (``None``: unknown, all are used)."""
+    next_row: torch.Tensor | None = None
+    """The last response token's own row (its reading row; ``rows[k + 1]`` is token k's)."""
+
+    has_reading_rows: bool = True
+    """False for gradient signals: a row there is tied to the token it scores."""
+
+    def reading_row(self, k: int) -> torch.Tensor | None:
+        """Token ``k``'s reading row: the row of the token itself as a query, if captured."""
+        if not self.has_reading_rows:
+            return None
+        return self.rows[k + 1] if k + 1 < len(self.rows) else self.next_row
 
 
 class _TokenQueue:
@@ -500,24 +520,40 @@ class Tracer:
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
         step = 0
         first_token_at = None
+        # A token is mapped once its reading row (its own row as a query, captured by the
+        # forward pass that predicts the next token) exists: one decoding step later.
+        pending: tuple[int, str, str, int, int] | None = None  # position, text so far, token, span
+
+        def flush(reading: torch.Tensor | None) -> list[SentenceAttribution]:
+            nonlocal pending
+            assert mapper is not None and pending is not None
+            pos, text, token, a, b = pending
+            pending = None
+            mapping = mapper.map(session.row(pos), reading)
+            return assembler.add(text, token, a, b, mapping)
+
         for tok in decoding.tokens():
             position = prompt_len - 1 + step
             step += 1
             if mapper is None:
                 first_token_at = time.perf_counter()
-                ref_rows = [session.row(p) for p in layout.reference_positions if p in session.rows]
+                ref_rows = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
                 mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
+            done: list[SentenceAttribution] = []
+            if pending is not None:
+                done = flush(session.rows.get(pending[0] + 1))
             span = out.add(tok)
-            if span is None:
-                continue
-            start, end = span
-            mapping = mapper.map(session.row(position))
-            done = assembler.add(out.text, self.tokenizer.decode([tok]), start, end, mapping)
-            if end > start:
-                yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
+            if span is not None:
+                start, end = span
+                pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
+                if end > start:
+                    yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
             for sentence in done:
                 yield SentenceEvent(sentence=sentence)
         decoding.finish()
+        if pending is not None:
+            for sentence in flush(session.rows.get(pending[0] + 1)):
+                yield SentenceEvent(sentence=sentence)
         final_text = out.final()
         if final_text != out.text:  # a trailing incomplete character
             yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
@@ -620,8 +656,11 @@ class Tracer:
             )
         else:
             ref_positions = layout.reference_positions
+            # One row more than the tokens: the last token's own (reading) row.
             session = CaptureSession(
-                signal, self.loaded.num_layers, prefill_positions=[*ref_positions, *positions]
+                signal,
+                self.loaded.num_layers,
+                prefill_positions=[*ref_positions, *positions, prompt_len - 1 + len(resp_ids)],
             )
             with capturing(session), torch.no_grad():
                 self.model(
@@ -638,6 +677,9 @@ class Tracer:
             rows=[rows[p].cpu() for p in positions],
             reference_rows=[rows[p].cpu() for p in ref_positions if p in rows],
             signal=signal.name,
+            reference_at=[p for p in ref_positions if p in rows],
+            has_reading_rows=not signal.needs_gradients,
+            next_row=(last.cpu() if (last := rows.get(prompt_len - 1 + len(resp_ids))) is not None else None),
         )
 
     def assemble_forced(
@@ -651,11 +693,17 @@ class Tracer:
     ) -> TracedAnswer:
         """Map, chunk and curate precomputed forced rows into a result."""
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
-        mapper = TokenMapper(index, cfg.mapping, reference_share(index, forced.reference_rows))
+        ref_rows = forced.reference_rows
+        if forced.reference_at is not None:
+            wanted = set(_reference_positions(layout, cfg))
+            ref_rows = [r for r, p in zip(ref_rows, forced.reference_at, strict=True) if p in wanted]
+            if not ref_rows:  # e.g. a gradient signal's reference rows miss the header
+                ref_rows = forced.reference_rows
+        mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
         assembler = self._new_assembler(srcs, layout, cfg)
         response, offsets = forced.response, forced.offsets
         for k, (tok, (a, b)) in enumerate(zip(forced.token_ids, offsets, strict=True)):
-            mapping = mapper.map(forced.rows[k])
+            mapping = mapper.map(forced.rows[k], forced.reading_row(k))
             # Offsets of byte-level tokens may overlap or be empty; keep them monotonic.
             start = max(a, offsets[k - 1][1] if k else 0)
             end = max(b, start)
@@ -728,6 +776,13 @@ class Tracer:
                 assert acc is not None
                 rows[pos] = (acc / len(layers)).detach()
         return rows
+
+
+def _reference_positions(layout: PromptLayout, cfg: TracerConfig) -> list[int]:
+    """The prompt positions whose rows give the position-bias reference."""
+    if cfg.mapping.prompt_reference == "header" and layout.header_positions:
+        return layout.header_positions
+    return layout.reference_positions
 
 
 def _forced_inputs(model_inputs: dict[str, Any], total: int) -> dict[str, Any]:
