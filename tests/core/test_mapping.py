@@ -58,3 +58,19 @@ def test_row_without_unit_mass_maps_to_nothing():
     index = UnitIndex(_units())
     m = TokenMapper(index, MappingConfig()).map(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 0]))
     assert m.unit_index == -1 and m.confidence == 0.0
+
+
+def test_token_rows_choose_producing_reading_or_both():
+    index = UnitIndex(_units())
+    producing = torch.tensor([0, 0.6, 0.1, 0.1, 0.1, 0.05, 0.05, 0, 0.0])  # shares 0.8 / 0.2
+    reading = torch.tensor([0, 0.1, 0.05, 0.05, 0.4, 0.2, 0.2, 0, 0.0])  # shares 0.2 / 0.8
+    cfg = MappingConfig(bias_correction="none")
+    made = TokenMapper(index, cfg.model_copy(update={"token_rows": "producing"})).map(producing, reading)
+    read = TokenMapper(index, cfg.model_copy(update={"token_rows": "reading"})).map(producing, reading)
+    both = TokenMapper(index, cfg.model_copy(update={"token_rows": "both"})).map(producing, reading)
+    assert made.unit_index == 0 and made.raw_shares == pytest.approx((0.8, 0.2))
+    assert read.unit_index == 1 and read.raw_shares == pytest.approx((0.2, 0.8))
+    assert both.raw_shares == pytest.approx((0.5, 0.5))
+    # No reading row (the last token of a length-stopped decode): the producing row stands.
+    alone = TokenMapper(index, cfg).map(producing, None)
+    assert alone.unit_index == 0 and alone.raw_shares == pytest.approx((0.8, 0.2))

@@ -51,6 +51,15 @@ def test_unit_token_spans_cover_their_text(tiny_tokenizer, sources):
     assert layout.reference_positions[0] == layout.units[-1].token_end
 
 
+def test_header_positions_are_the_template_after_the_question(tiny_tokenizer, sources):
+    layout = build_prompt(tiny_tokenizer, sources, "How tall is the lighthouse?", "Be brief.")
+    header = layout.header_positions
+    assert header and set(header) <= set(layout.reference_positions)
+    assert header == list(range(header[0], len(layout.input_ids)))  # the prompt's tail
+    tail = tiny_tokenizer.decode([layout.input_ids[p] for p in header])
+    assert "lighthouse" not in tail and "assistant" in tail
+
+
 def test_split_sources_into_sentence_units(tiny_tokenizer, sources):
     layout = build_prompt(tiny_tokenizer, sources, "q?", None, split_sources=True)
     doc3 = [u for u in layout.units if u.source_id == "doc3"]

@@ -48,6 +48,24 @@ def test_stream_matches_generate(tiny_tracer, sources):
     assert again.model_dump(exclude={"timings"}) == final.answer.model_dump(exclude={"timings"})
 
 
+@pytest.mark.model
+@pytest.mark.parametrize("token_rows", ["producing", "reading", "both"])
+def test_decode_time_mapping_equals_teacher_forced(default_tracer, sources, token_rows):
+    """Decoding maps a token once its reading row exists (one step later); a teacher-forced
+    pass over the same text gives the same per-token attribution."""
+    cfg = TracerConfig(mapping=MappingConfig(token_rows=token_rows))
+    gen = default_tracer.generate(sources, Q, config=cfg, max_new_tokens=20)
+    forced = default_tracer.attribute(sources, Q, gen.text, config=cfg)
+    ids = default_tracer.tokenizer(gen.text, add_special_tokens=False)["input_ids"]
+    if len(ids) != len(gen.tokens):
+        pytest.skip("the generated ids do not re-tokenize to the same tokens")
+    # The last token of a length-stopped decode has no reading row while decoding.
+    n = len(gen.tokens) - (1 if gen.finish_reason == "length" and token_rows != "producing" else 0)
+    for g, f in zip(gen.tokens[:n], forced.tokens[:n], strict=True):
+        assert g.unit_id == f.unit_id
+        assert g.confidence == pytest.approx(f.confidence, abs=1e-4)
+
+
 def test_attribute_forced_response(tiny_tracer, sources):
     response = "The lighthouse stands 42 metres tall. It was founded in 1905."
     answer = tiny_tracer.attribute(sources, Q, response)
