@@ -78,9 +78,9 @@ def load_cache(path: str | Path) -> RowCache:
     return cache
 
 
-def load_tracer(model: str) -> Tracer:
-    """The model without its calibration: the base ``TracerConfig`` (AttMean) is the config."""
-    return Tracer.from_pretrained(model, calibration=None)
+def load_tracer(model: str, signal: str = "attmean") -> Tracer:
+    """The model with the base ``TracerConfig``; its packaged calibration only for ``learned``."""
+    return Tracer.from_pretrained(model, calibration="auto" if signal == "learned" else None)
 
 
 def mapping_variant(spec: str, base: TracerConfig | None = None) -> TracerConfig:
@@ -178,7 +178,7 @@ def main() -> None:
     tasks = parse_tasks(args.tasks)
     rows = [r for r in read_jsonl(args.data) if r.get("task") in tasks][: args.limit]
     responses = {p["id"]: p.get("text", "") for p in read_jsonl(args.responses)} if args.responses else {}
-    tracer = load_tracer(args.model)
+    tracer = load_tracer(args.model, args.signal)
     records = cache_rows(tracer, rows, responses, signal=args.signal, cf=args.cf)
     cache = RowCache(model=args.model, signal=args.signal, dataset=str(args.data), records=records)
     args.out.parent.mkdir(parents=True, exist_ok=True)

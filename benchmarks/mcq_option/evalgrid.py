@@ -171,7 +171,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cache = load_cache(args.cache)
     rows = {r["id"]: r for r in read_jsonl(args.data or cache["dataset"])}
-    replay = Replay(load_tracer(cache["model"]), rows)
+    replay = Replay(load_tracer(cache["model"], cache["signal"]), rows)
     with source_mass(args.mass):
         for spec in args.variants.split(","):
             cfg, tail = parse_variant(spec)

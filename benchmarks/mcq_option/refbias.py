@@ -44,7 +44,7 @@ def main() -> None:
     cache = load_cache(args.cache)
     rows = {r["id"]: r for r in read_jsonl(args.data or cache["dataset"])}
     tasks = parse_tasks(args.tasks)
-    tracer = load_tracer(cache["model"])
+    tracer = load_tracer(cache["model"], cache["signal"])
     # reference -> first / mid / last / abs -> one value per response
     stats: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     n = 0

@@ -154,7 +154,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cache = load_cache(args.cache)
     rows = {r["id"]: r for r in read_jsonl(args.data or cache["dataset"])}
-    tracer = load_tracer(cache["model"])
+    tracer = load_tracer(cache["model"], cache["signal"])
     if args.show:
         show(tracer, cache, rows, args.show.split(","), args.variants.split(","), args.max_tokens)
         return
