@@ -10,18 +10,26 @@ instruction, question) is scaffolding and never a source.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from omnitrace_core.errors import InvalidInputError
+from omnitrace_core.validation import CheckedModel, show
 
 Modality = Literal["text", "image", "audio", "video"]
 MediaModality = Literal["image", "audio", "video"]
 
 
-class TimedSegment(BaseModel):
+class _SourceModel(CheckedModel):
+    """Frozen, no unknown fields, finite numbers, no bool / bytes coerced, no lone surrogate;
+    refusals are :class:`InvalidInputError` naming the field and the value."""
+
+    error_class = InvalidInputError
+
+
+class TimedSegment(_SourceModel):
     """A stretch of a recording, in seconds, optionally with the text spoken in it.
 
     Attributes:
@@ -31,8 +39,6 @@ class TimedSegment(BaseModel):
         char_end: For a transcript source: where they end.
         text: The words spoken (informational; the transcript's ``text`` is what the model reads).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     start_s: float = Field(ge=0.0)
     end_s: float = Field(ge=0.0)
@@ -51,7 +57,7 @@ class TimedSegment(BaseModel):
         return self
 
 
-class TextSource(BaseModel):
+class TextSource(_SourceModel):
     """A text passage the model may draw on.
 
     Attributes:
@@ -62,8 +68,6 @@ class TextSource(BaseModel):
         metadata: Carried into citations unchanged.
         label: Shown to the model in place of ``id`` (small models copy long ids into answers).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     text: str
@@ -112,7 +116,7 @@ class TextSource(BaseModel):
         return self
 
 
-class MediaSource(BaseModel):
+class MediaSource(_SourceModel):
     """An image, audio clip or video the model may draw on.
 
     A native omni / vision-language model reads it directly (its units are image regions or
@@ -128,8 +132,6 @@ class MediaSource(BaseModel):
         segments: Caller-supplied time segments (e.g. ASR or diarisation segments) used as the
             units of an audio / video source instead of fixed one-second bins.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     modality: MediaModality
@@ -193,7 +195,13 @@ def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]
     no ``text``) becomes a :class:`MediaSource`; a dict with ``text`` a :class:`TextSource`
     (an ``audio`` / ``video`` one is a transcript).
     """
-    if sources is None or len(sources) == 0:
+    if isinstance(sources, (str, bytes, dict, TextSource, MediaSource)) or not isinstance(sources, Iterable):
+        raise InvalidInputError(
+            f"sources={show(sources)}: must be a list of sources (TextSource, MediaSource or dicts), "
+            f"got {type(sources).__name__}"
+        )
+    sources = list(sources)
+    if len(sources) == 0:
         raise InvalidInputError("sources is empty: give at least one source to attribute to")
     out: list[Source] = []
     for i, src in enumerate(sources):
@@ -218,14 +226,21 @@ def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]
         media = modality != "text" and "text" not in src
         model: type[BaseModel] = MediaSource if media else TextSource
         try:
-            known = {k: v for k, v in src.items() if k in model.model_fields}
+            known = {str(k): v for k, v in src.items() if k in model.model_fields}
             out.append(model(**known))  # type: ignore[arg-type]
-        except ValidationError as exc:  # re-raise naming the source and the field
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'source'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
+        except InvalidInputError as exc:  # re-raise naming the source, the field and the value
+            cause = exc.__cause__
+            problems = (
+                "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'source'}"
+                    + (f"={show(e['input'])}" if e["loc"] and "input" in e else "")
+                    + f": {e['msg'].removeprefix('Value error, ')}"
+                    for e in cause.errors()
+                )
+                if isinstance(cause, ValidationError)
+                else str(exc)
             )
-            raise InvalidInputError(f"source #{i} ({src.get('id')!r}) is invalid: {problems}") from exc
+            raise InvalidInputError(f"source #{i} ({show(src.get('id'))}) is invalid: {problems}") from exc
     seen: dict[str, int] = {}
     for i, src in enumerate(out):
         if src.id in seen:
@@ -344,7 +359,9 @@ def build_prompt(
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:  # plain LMs: a simple textual layout
         text = (system_prompt + "\n\n" if system_prompt else "") + user + "\nAnswer: "
-    user_at = text.find(user)
+    # The user message is the last message: its last occurrence is the message itself (a
+    # system prompt that quotes it must not capture the source spans).
+    user_at = text.rfind(user)
     if user_at < 0:
         raise InvalidInputError("the chat template altered the user message; cannot locate the sources")
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -44,6 +44,14 @@ from omnitrace_core.results import (
 )
 from omnitrace_core.signals import LearnedHeads, Signal, get_signal
 from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
+from omnitrace_core.validation import (
+    check_device,
+    check_dtype,
+    check_generation_kwargs,
+    check_model_and_tokenizer,
+    check_text,
+    invalid,
+)
 
 logger = get_logger()
 
@@ -210,6 +218,19 @@ class Tracer:
         prompt_builder: PromptBuilder | None = None,
         calibration: Calibration | None = None,
     ) -> None:
+        check_model_and_tokenizer(model, tokenizer)
+        _check_config(config)
+        if model_name is not None and (not isinstance(model_name, str) or not model_name.strip()):
+            raise invalid("model_name", model_name, "must be a non-empty string")
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise invalid(
+                "calibration",
+                calibration,
+                f"must be a Calibration (omnitrace_core.calibration.load_calibration(path)), "
+                f"got {type(calibration).__name__}",
+            )
+        if isinstance(observers, (str, bytes)) or not isinstance(observers, Sequence):
+            raise invalid("observers", observers, "must be a list of TraceObserver objects")
         self.loaded = LoadedModel(model=model, tokenizer=tokenizer, name=model_name or _model_name(model))
         self.prompt_builder: PromptBuilder = prompt_builder or TextPromptBuilder(tokenizer)
         self.calibration = calibration
@@ -263,8 +284,21 @@ class Tracer:
         ``omnitrace-calibration.json``; a path or :class:`Calibration` uses that one; ``None``
         uses none (the ``attmean`` defaults).
         """
+        if isinstance(name_or_path, bytes) or not isinstance(name_or_path, (str, os.PathLike)):
+            raise invalid(
+                "name_or_path",
+                name_or_path,
+                f"must be a packaged model name or a folder path, got {type(name_or_path).__name__}",
+            )
+        if not str(name_or_path).strip():
+            raise invalid("name_or_path", name_or_path, "is empty")
+        _check_config(config)
         if dtype is not None:
-            load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            load_kwargs["dtype"] = check_dtype(dtype)
+        if device is not None:
+            check_device(device)
+        if device_map is not None and not isinstance(device_map, (str, dict)):
+            raise invalid("device_map", device_map, "must be a string ('auto', 'cpu') or a dict")
         if device_map is not None:
             load_kwargs["device_map"] = device_map
         if isinstance(calibration, str) and calibration == "auto":
@@ -353,8 +387,9 @@ class Tracer:
         generation_kwargs: dict[str, Any],
         threaded: bool,
     ) -> Iterator[StreamEvent]:
-        cfg = config or self.config
         try:
+            cfg = _check_config(config) or self.config
+            check_text(question, "question")
             signal = self.signal_for(cfg.signal)
             srcs, layout = self._layout(sources, question, cfg)
             gen = self._generation_kwargs(cfg, generation_kwargs)
@@ -379,10 +414,12 @@ class Tracer:
         config: TracerConfig | None = None,
     ) -> TracedAnswer:
         """Attribute a given ``response`` (teacher-forced, one forward pass)."""
-        cfg = config or self.config
         try:
-            if response is None or not response.strip():
+            cfg = _check_config(config) or self.config
+            check_text(question, "question")
+            if isinstance(response, str) and not response.strip():
                 raise InvalidInputError("response is empty: nothing to attribute")
+            check_text(response, "response")
             srcs, layout = self._layout(sources, question, cfg)
         except (InvalidInputError, UnknownNameError) as exc:
             logger.warning(
@@ -406,7 +443,8 @@ class Tracer:
 
     def layout(self, sources: SourcesArg, question: str, config: TracerConfig | None = None) -> PromptLayout:
         """The prompt this tracer would build for ``sources`` and ``question`` (no model call)."""
-        return self._layout(sources, question, config or self.config)[1]
+        check_text(question, "question")
+        return self._layout(sources, question, _check_config(config) or self.config)[1]
 
     def _layout(
         self, sources: SourcesArg, question: str, cfg: TracerConfig
@@ -465,8 +503,7 @@ class Tracer:
             "do_sample": cfg.generation.do_sample,
         }
         gen.update(overrides)
-        if int(gen["max_new_tokens"]) < 1:
-            raise InvalidInputError(f"max_new_tokens must be >= 1, got {gen['max_new_tokens']}")
+        check_generation_kwargs(gen)
         if not gen.get("do_sample"):
             for key in ("temperature", "top_p", "top_k"):
                 gen.setdefault(key, None)
@@ -776,6 +813,18 @@ class Tracer:
                 assert acc is not None
                 rows[pos] = (acc / len(layers)).detach()
         return rows
+
+
+def _check_config(config: Any) -> TracerConfig | None:
+    """``None`` or a :class:`TracerConfig`; anything else is refused by name."""
+    if config is None or isinstance(config, TracerConfig):
+        return config
+    hint = " (build one: TracerConfig(**that_dict))" if isinstance(config, dict) else ""
+    if isinstance(config, str):
+        hint = f" (a signal name goes in TracerConfig(signal={config!r}))"
+    if isinstance(config, type):
+        hint = " (the class itself: pass an instance, TracerConfig(...))"
+    raise invalid("config", config, f"must be a TracerConfig, got {type(config).__name__}{hint}")
 
 
 def _reference_positions(layout: PromptLayout, cfg: TracerConfig) -> list[int]:
