@@ -10,6 +10,7 @@ instruction, question) is scaffolding and never a source.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -330,6 +331,81 @@ def _timed_pieces(src: TextSource, lead: int, length: int) -> list[tuple[int, in
     return out
 
 
+#: Serialises our tokenizer calls: a fast tokenizer's ``split_special_tokens`` is a flag set on
+#: the shared Rust tokenizer before each call, so two threads could otherwise swap it.
+_ENCODE_LOCK = threading.Lock()
+
+
+def control_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special (control) token strings, longest first (``<|im_start|>``, ``</s>``...)."""
+    found = {str(t) for t in (getattr(tokenizer, "all_special_tokens", None) or [])}
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(getattr(tok, "content", tok)))
+    return sorted((t for t in found if t), key=len, reverse=True)
+
+
+def encode_with_plain_spans(
+    tokenizer: Any, text: str, plain: Sequence[tuple[int, int]]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text``, where the characters in the ``plain`` spans
+    (user-supplied: sources, question, system prompt) are encoded as plain text.
+
+    A control token such as ``<|im_start|>`` written inside a source or a question must not
+    become the real special token: it would let a document open a new chat turn (prompt
+    injection). The chat template's own control tokens (outside ``plain``) stay special. When
+    no plain span holds a control token the whole text is encoded in one call, exactly as
+    before; otherwise each stretch is encoded on its own, the plain ones with
+    ``split_special_tokens=True``.
+
+    Raises:
+        InvalidInputError: if the tokenizer still produced a special token inside a plain span
+            (it does not support ``split_special_tokens``).
+    """
+    specials = control_tokens(tokenizer)
+    risky = any(tok in text[a:b] for a, b in plain for tok in specials)
+    with _ENCODE_LOCK:
+        if not risky:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return list(enc["input_ids"]), [(int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
+        pieces: list[tuple[int, int, bool]] = []
+        cursor = 0
+        for a, b in sorted(plain):
+            if a > cursor:
+                pieces.append((cursor, a, False))
+            pieces.append((max(a, cursor), b, True))
+            cursor = max(cursor, b)
+        if cursor < len(text):
+            pieces.append((cursor, len(text), False))
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        special_ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+        for a, b, is_plain in pieces:
+            if b <= a:
+                continue
+            enc = tokenizer(
+                text[a:b],
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                split_special_tokens=is_plain,
+            )
+            piece_ids = list(enc["input_ids"])
+            if is_plain and special_ids & set(piece_ids):
+                raise InvalidInputError(
+                    "a source, question or system prompt holds a control token "
+                    f"({', '.join(t for t in specials if t in text[a:b])}) that this tokenizer cannot "
+                    "encode as plain text (no split_special_tokens support): remove it from the input"
+                )
+            ids.extend(piece_ids)
+            offsets.extend((int(s) + a, int(e) + a) for s, e in enc["offset_mapping"])
+        return ids, offsets
+
+
+def encode_plain(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text`` (a response) as plain text: control tokens in it are characters, never special tokens."""
+    return encode_with_plain_spans(tokenizer, text, [(0, len(text))])
+
+
 def build_prompt(
     tokenizer: Any,
     sources: Sequence[Source],
@@ -364,9 +440,11 @@ def build_prompt(
     user_at = text.rfind(user)
     if user_at < 0:
         raise InvalidInputError("the chat template altered the user message; cannot locate the sources")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = [(int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
+    plain = [(user_at, user_at + len(user))]
+    system_at = text.find(system_prompt) if system_prompt else -1
+    if system_prompt and system_at >= 0 and system_at + len(system_prompt) <= user_at:
+        plain.insert(0, (system_at, system_at + len(system_prompt)))
+    ids, offsets = encode_with_plain_spans(tokenizer, text, plain)
     units: list[SourceUnit] = []
     prev_end = 0
     for unit, a, b in unit_spans:

@@ -43,7 +43,7 @@ from omnitrace_core.results import (
     TracedAnswer,
 )
 from omnitrace_core.signals import LearnedHeads, Signal, get_signal
-from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
+from omnitrace_core.sources import MediaSource, PromptLayout, Source, encode_plain, validate_sources
 from omnitrace_core.validation import (
     check_device,
     check_dtype,
@@ -679,9 +679,7 @@ class Tracer:
         Separated from :meth:`assemble_forced` so evaluations can reuse the rows under many
         mapping / curation settings without re-running the model.
         """
-        enc = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-        resp_ids: list[int] = list(enc["input_ids"])
-        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        resp_ids, offsets = encode_plain(self.tokenizer, response)  # a control token in it stays text
         prompt_len = len(layout.input_ids)
         self._check_length(prompt_len, len(resp_ids))
         positions = list(range(prompt_len - 1, prompt_len - 1 + len(resp_ids)))

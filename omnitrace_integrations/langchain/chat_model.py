@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
 from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.validation import check_number, check_positive_int, check_stop_strings, invalid
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
     answer_metadata,
@@ -214,17 +215,23 @@ class ChatOmniTrace(BaseChatModel):
         self, tracer: Any, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         gen: dict[str, Any] = {}
-        max_tokens = (
-            kwargs.pop("max_tokens", None) or kwargs.pop("max_new_tokens", None) or self.max_tokens
-        )
+        max_tokens = kwargs.pop("max_tokens", None)
+        if max_tokens is None:
+            max_tokens = kwargs.pop("max_new_tokens", None)
+        kwargs.pop("max_new_tokens", None)
+        if max_tokens is None:
+            max_tokens = self.max_tokens
         if max_tokens is not None:
-            gen["max_new_tokens"] = int(max_tokens)
+            gen["max_new_tokens"] = check_positive_int(max_tokens, "max_tokens")
         temperature = kwargs.pop("temperature", self.temperature)
+        if temperature is not None:
+            temperature = check_number(temperature, "temperature", low=0.0)
         if temperature:
             gen["do_sample"] = True
             gen["temperature"] = float(temperature)
-        stops = list(stop or kwargs.pop("stop", None) or self.stop or [])
-        kwargs.pop("stop", None)
+        call_stop = kwargs.pop("stop", None)
+        raw_stops = stop if stop is not None else call_stop if call_stop is not None else self.stop
+        stops = check_stop_strings(raw_stops, "stop") if raw_stops is not None else []
         if stops:
             gen["stop_strings"] = stops
             gen["tokenizer"] = tracer.tokenizer
@@ -242,7 +249,10 @@ class ChatOmniTrace(BaseChatModel):
         if "seed" in gen:
             import torch
 
-            torch.manual_seed(int(gen.pop("seed")))
+            seed = gen.pop("seed")
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise invalid("seed", seed, "must be a whole number >= 0")
+            torch.manual_seed(seed)
         return gen
 
     # -- message building -------------------------------------------------------------------
