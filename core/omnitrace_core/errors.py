@@ -47,5 +47,10 @@ class MediaError(InvalidInputError):
     """An image / audio / video file is missing, corrupt, empty or in an unsupported format."""
 
 
+class MediaAccessError(InvalidInputError):
+    """A local media path was refused: local files in messages are opt-in (``media_root`` or an
+    allow-list), and a path that resolves outside them is refused without saying whether it exists."""
+
+
 class MissingToolError(OmniTraceError, RuntimeError):
     """A system tool (ffmpeg, espeak-ng) is not installed; the message gives the install command."""

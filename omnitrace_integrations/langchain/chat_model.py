@@ -22,6 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.validation import check_number, check_positive_int, check_stop_strings, invalid
 from omnitrace_integrations.langchain.citations import (
@@ -92,6 +93,11 @@ class ChatOmniTrace(BaseChatModel):
         timeout: Seconds after which decoding stops (transformers ``max_time``).
         streaming: Route ``invoke`` through the streaming path (same result).
         device: Device for loading (``cpu``, ``cuda``...); ``dtype``, ``device_map`` likewise.
+        media_root: A folder from which media content blocks may name local files (``path`` or
+            ``file://`` URL); paths must resolve inside it (symlinks and ``..`` followed). Without
+            it (and without ``allowed_media_paths``) local paths in messages are refused: a user
+            message could otherwise make the model read any file on this machine.
+        allowed_media_paths: Explicit local files media blocks may name, wherever they are.
     """
 
     model_config = ConfigDict(
@@ -111,8 +117,17 @@ class ChatOmniTrace(BaseChatModel):
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
+    media_root: str | None = None
+    allowed_media_paths: list[str] | None = None
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _media_policy: LocalMediaPolicy | None = PrivateAttr(default=None)
+
+    def media_policy(self) -> LocalMediaPolicy:
+        """Which local files media blocks may name (built from ``media_root`` / ``allowed_media_paths``)."""
+        if self._media_policy is None:
+            self._media_policy = LocalMediaPolicy.create(self.media_root, self.allowed_media_paths)
+        return self._media_policy
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -183,7 +198,7 @@ class ChatOmniTrace(BaseChatModel):
                 f"at construction ({self.model_name!r}); create another ChatOmniTrace"
             )
         kwargs.pop("model", None)
-        request = read_messages(messages, sources)
+        request = read_messages(messages, sources, self.media_policy())
         tracer = self.get_tracer()
         gen = self._generation_kwargs(tracer, stop, kwargs)
         gen.update(cancel_kwargs(cancel))
@@ -299,7 +314,7 @@ class ChatOmniTrace(BaseChatModel):
             InvalidInputError: if there are no sources or the response is empty.
         """
         messages = self._convert_input(input).to_messages()
-        request = read_messages(messages, sources)
+        request = read_messages(messages, sources, self.media_policy())
         if not request.sources:
             raise InvalidInputError(
                 "attribute_message needs sources (content blocks, tool output or sources=)"
