@@ -156,8 +156,10 @@ class ChatOmniTrace(BaseChatModel):
         if isinstance(max_tokens, int):
             params["ls_max_tokens"] = max_tokens
         stops = stop or kwargs.get("stop") or self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
+        if isinstance(stops, str):
+            stops = [stops]
+        if isinstance(stops, (list, tuple)) and stops:  # tracing metadata only: checked when used
+            params["ls_stop"] = [str(s) for s in stops]
         return params
 
     # -- loading ----------------------------------------------------------------------------
