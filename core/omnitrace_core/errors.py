@@ -31,6 +31,13 @@ class ModelLoadError(OmniTraceError, RuntimeError):
     """Weights could not be found or loaded (missing package, bad checksum, unreadable folder)."""
 
 
+class GenerationError(OmniTraceError, RuntimeError):
+    """Decoding failed part-way (the cause is chained). ``partial_text`` holds the answer decoded
+    so far, so nothing already generated is lost; observers receive this error."""
+
+    partial_text: str = ""
+
+
 class GenerationAbandoned(OmniTraceError):
     """Sent to observers (never raised to the caller) when a stream is closed before its end."""
 

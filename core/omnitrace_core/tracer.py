@@ -27,7 +27,13 @@ from omnitrace_core.calibration import Calibration, find_calibration, load_calib
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
-from omnitrace_core.errors import ContextLengthError, GenerationAbandoned, InvalidInputError, UnknownNameError
+from omnitrace_core.errors import (
+    ContextLengthError,
+    GenerationAbandoned,
+    GenerationError,
+    InvalidInputError,
+    UnknownNameError,
+)
 from omnitrace_core.log import get_logger
 from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -151,6 +157,8 @@ class _Decoding:
     ) -> None:
         self.streamer = _TokenQueue()
         self.failure: list[BaseException] = []
+        self.cancelled = threading.Event()
+        gen = {**gen, "stopping_criteria": _with_cancel(gen.get("stopping_criteria"), self.cancelled)}
         self._model, self._input_ids, self._gen, self._session = model, input_ids, gen, session
         self._worker: threading.Thread | None = None
         if threaded:
@@ -187,6 +195,37 @@ class _Decoding:
             self._worker.join()
         if self.failure:
             raise self.failure[0]
+
+    def cancel(self) -> None:
+        """Stop decoding at the next token (the consumer went away); never waits."""
+        self.cancelled.set()
+
+
+class _CancelCriteria:
+    """A stopping criterion that ends ``model.generate`` once its event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        stop = self.event.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _with_cancel(criteria: Any, event: threading.Event) -> Any:
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([*(criteria or []), _CancelCriteria(event)])
+
+
+def _decode_failed(exc: Exception, tokens: int, text: str) -> GenerationError:
+    """The named error a stream ends with when ``model.generate`` raised part-way."""
+    error = GenerationError(
+        f"decoding failed after {tokens} generated tokens ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:300]}); the text decoded so far is kept in .partial_text"
+    )
+    error.partial_text = text
+    return error
 
 
 class Tracer:
@@ -569,25 +608,32 @@ class Tracer:
             mapping = mapper.map(session.row(pos), reading)
             return assembler.add(text, token, a, b, mapping)
 
-        for tok in decoding.tokens():
-            position = prompt_len - 1 + step
-            step += 1
-            if mapper is None:
-                first_token_at = time.perf_counter()
-                ref_rows = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
-                mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
-            done: list[SentenceAttribution] = []
-            if pending is not None:
-                done = flush(session.rows.get(pending[0] + 1))
-            span = out.add(tok)
-            if span is not None:
-                start, end = span
-                pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
-                if end > start:
-                    yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
-            for sentence in done:
-                yield SentenceEvent(sentence=sentence)
-        decoding.finish()
+        try:
+            for tok in decoding.tokens():
+                position = prompt_len - 1 + step
+                step += 1
+                if mapper is None:
+                    first_token_at = time.perf_counter()
+                    refs = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
+                    mapper = TokenMapper(index, cfg.mapping, reference_share(index, refs))
+                done: list[SentenceAttribution] = []
+                if pending is not None:
+                    done = flush(session.rows.get(pending[0] + 1))
+                span = out.add(tok)
+                if span is not None:
+                    start, end = span
+                    pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
+                    if end > start:
+                        yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
+                for sentence in done:
+                    yield SentenceEvent(sentence=sentence)
+        except GeneratorExit:
+            decoding.cancel()  # the consumer closed the stream: stop the decode thread too
+            raise
+        try:
+            decoding.finish()
+        except Exception as exc:  # a decode that raised part-way: named, with the text so far
+            raise _decode_failed(exc, len(out.ids), out.text) from exc
         if pending is not None:
             for sentence in flush(session.rows.get(pending[0] + 1)):
                 yield SentenceEvent(sentence=sentence)
@@ -624,11 +670,18 @@ class Tracer:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
         decoding = self._start_decoding(layout, gen, None, threaded)
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
-        for tok in decoding.tokens():
-            span = out.add(tok)
-            if span is not None and span[1] > span[0]:
-                yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
-        decoding.finish()
+        try:
+            for tok in decoding.tokens():
+                span = out.add(tok)
+                if span is not None and span[1] > span[0]:
+                    yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
+        except GeneratorExit:
+            decoding.cancel()
+            raise
+        try:
+            decoding.finish()
+        except Exception as exc:
+            raise _decode_failed(exc, len(out.ids), out.text) from exc
         final_text = out.final()
         if final_text != out.text:
             yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
