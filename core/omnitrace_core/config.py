@@ -7,9 +7,23 @@ field.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from omnitrace_core.validation import CheckedModel, ConfigError, first_surrogate
+
+__all__ = [
+    "PAPER_POS_WEIGHTS",
+    "ConfigError",
+    "CurationConfig",
+    "GenerationConfig",
+    "GroundingThresholds",
+    "MappingConfig",
+    "RerankConfig",
+    "TracerConfig",
+]
 
 #: Paper Appendix A.1 POS weights (universal POS tags). Unlisted tags weigh ``other_pos_weight``.
 PAPER_POS_WEIGHTS: dict[str, float] = {
@@ -31,7 +45,7 @@ PAPER_POS_WEIGHTS: dict[str, float] = {
 }
 
 
-class CurationConfig(BaseModel):
+class CurationConfig(CheckedModel):
     """Per-sentence source curation (paper Appendix A.1).
 
     Attributes:
@@ -53,11 +67,11 @@ class CurationConfig(BaseModel):
         max_citations: Hard cap on sources per sentence (``None`` = no cap).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     pos_weights: dict[str, float] = Field(default_factory=lambda: dict(PAPER_POS_WEIGHTS))
-    other_pos_weight: float = Field(0.3, ge=0.0)
+    other_pos_weight: float = Field(0.3, ge=0.0, le=1.0)
     gamma: float = Field(2.0, ge=0.0)
     alpha: float = Field(0.8, ge=0.0, le=1.0)
     run_min: float = Field(0.10, ge=0.0, le=1.0)
@@ -68,9 +82,12 @@ class CurationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_weights(self) -> CurationConfig:
-        bad = {k: v for k, v in self.pos_weights.items() if v < 0}
+        bad = {k: v for k, v in self.pos_weights.items() if not (math.isfinite(v) and 0.0 <= v <= 1.0)}
         if bad:
-            raise ValueError(f"pos_weights must be >= 0, got {bad}")
+            raise ValueError(f"pos_weights must be finite numbers in [0, 1], got {bad}")
+        blank = [k for k in self.pos_weights if not k.strip()]
+        if blank:
+            raise ValueError(f"pos_weights has an empty POS tag {blank[0]!r}")
         return self
 
 
@@ -80,7 +97,7 @@ TokenRows = Literal["producing", "reading", "both"]
 PromptReference = Literal["header", "after_sources"]
 
 
-class MappingConfig(BaseModel):
+class MappingConfig(CheckedModel):
     """How a generated token's attention row becomes a source and a confidence.
 
     Attributes:
@@ -115,7 +132,7 @@ class MappingConfig(BaseModel):
             its producing row.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     rule: MappingRule = "summed"
     bias_correction: BiasCorrection = "both"
@@ -124,17 +141,17 @@ class MappingConfig(BaseModel):
     token_rows: TokenRows = "reading"
 
 
-class GenerationConfig(BaseModel):
+class GenerationConfig(CheckedModel):
     """Decoding defaults (paper: greedy, no_repeat_ngram_size 3, 256 new tokens)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     max_new_tokens: int = Field(256, ge=1)
     no_repeat_ngram_size: int = Field(3, ge=0)
     do_sample: bool = False
 
 
-class RerankConfig(BaseModel):
+class RerankConfig(CheckedModel):
     """Knobs of the attention x similarity re-ranker (module docstring: what each step does).
 
     The defaults are the best of a 1,728-point grid on the shared dev set
@@ -165,7 +182,7 @@ class RerankConfig(BaseModel):
             unit such as "Its mayor is ..." does not name its entity).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     top_m: int | None = Field(None, ge=1)
     attention_weight: float = Field(0.5, ge=0.0)
@@ -179,7 +196,7 @@ class RerankConfig(BaseModel):
     title_in_unit: bool = True
 
 
-class GroundingThresholds(BaseModel):
+class GroundingThresholds(CheckedModel):
     """Thresholds of the grounding verdict (see the module docstring for the defaults' reasons).
 
     Attributes:
@@ -191,19 +208,21 @@ class GroundingThresholds(BaseModel):
             flagged: there is nothing to support.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     attention_weight: float = Field(0.25, ge=0.0, le=1.0)
     supported_min: float = Field(0.7, ge=0.0, le=1.0)
     weak_min: float = Field(0.55, ge=0.0, le=1.0)
     min_content_words: int = Field(2, ge=0)
 
-    def model_post_init(self, _context: object, /) -> None:
+    @model_validator(mode="after")
+    def _ordered(self) -> GroundingThresholds:
         if self.weak_min > self.supported_min:
             raise ValueError(f"weak_min ({self.weak_min}) must be <= supported_min ({self.supported_min})")
+        return self
 
 
-class TracerConfig(BaseModel):
+class TracerConfig(CheckedModel):
     """The whole tracer configuration.
 
     Attributes:
@@ -223,7 +242,7 @@ class TracerConfig(BaseModel):
             them); ``None``: the library's defaults (:mod:`omnitrace_core.grounding`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     signal: str = "attmean"
     mapping: MappingConfig = Field(default_factory=MappingConfig)
@@ -235,3 +254,18 @@ class TracerConfig(BaseModel):
     asr_model: str | None = None
     rerank: RerankConfig | None = None
     grounding: GroundingThresholds | None = None
+
+    @field_validator("signal")
+    @classmethod
+    def _signal_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("signal must be a non-empty name (attmean, rawatt, learned, attgrads...)")
+        return value
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _prompt_is_text(cls, value: str) -> str:
+        at = first_surrogate(value)
+        if at is not None:
+            raise ValueError(f"system_prompt holds a lone surrogate {value[at]!r} at character {at}")
+        return value

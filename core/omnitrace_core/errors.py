@@ -31,6 +31,13 @@ class ModelLoadError(OmniTraceError, RuntimeError):
     """Weights could not be found or loaded (missing package, bad checksum, unreadable folder)."""
 
 
+class GenerationError(OmniTraceError, RuntimeError):
+    """Decoding failed part-way (the cause is chained). ``partial_text`` holds the answer decoded
+    so far, so nothing already generated is lost; observers receive this error."""
+
+    partial_text: str = ""
+
+
 class GenerationAbandoned(OmniTraceError):
     """Sent to observers (never raised to the caller) when a stream is closed before its end."""
 
@@ -45,6 +52,11 @@ class UnsupportedModalityError(InvalidInputError):
 
 class MediaError(InvalidInputError):
     """An image / audio / video file is missing, corrupt, empty or in an unsupported format."""
+
+
+class MediaAccessError(InvalidInputError):
+    """A local media path was refused: local files in messages are opt-in (``media_root`` or an
+    allow-list), and a path that resolves outside them is refused without saying whether it exists."""
 
 
 class MissingToolError(OmniTraceError, RuntimeError):

@@ -280,6 +280,19 @@ def _convert_to_cache(entry: PackagedModel, gguf: Path, final: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_cache_writable(folder: Path) -> None:
+    """Raise :class:`ModelLoadError` naming ``folder`` and ``$OMNITRACE_CACHE_DIR`` unless it is writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ModelLoadError(
+            f"the model cache folder {folder} is not writable ({exc.strerror or exc}); the first load "
+            f"converts the packaged weights there. Set {CACHE_ENV} to a writable folder"
+        ) from exc
+
+
 def _load_folder(path: Path | str, **kwargs: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -303,7 +316,14 @@ def load_packaged(name: str, **kwargs: Any) -> LoadedModel:
         if not (final / _MARKER).is_file():
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)
-            _convert_to_cache(entry, gguf, final)
+            _check_cache_writable(final.parent)
+            try:
+                _convert_to_cache(entry, gguf, final)
+            except OSError as exc:  # disk full, permissions changed mid-way...
+                raise ModelLoadError(
+                    f"cannot write the converted {entry.name} weights to {final.parent}: "
+                    f"{exc.strerror or exc}. Free space there or set {CACHE_ENV} to a writable folder"
+                ) from exc
         try:
             model, tokenizer = _load_folder(final, **kwargs)
             return LoadedModel(model=model, tokenizer=tokenizer, name=entry.name)

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from omnitrace_core.errors import UnknownNameError
+from omnitrace_core.errors import InvalidInputError, UnknownNameError
 
 
 class Signal(ABC):  # noqa: B024 - a base with sensible defaults, not an interface of stubs
@@ -79,9 +79,17 @@ _REGISTRY: dict[str, type[Signal] | Signal] = {
 
 def register_signal(signal: type[Signal] | Signal) -> None:
     """Make a custom signal available by its ``name`` (e.g. in ``TracerConfig(signal=...)``)."""
-    name = signal.name.lower()
-    if not name or name == "custom":
-        raise ValueError("a registered signal needs its own `name` class attribute")
+    is_signal = isinstance(signal, Signal) or (isinstance(signal, type) and issubclass(signal, Signal))
+    if not is_signal:
+        raise InvalidInputError(
+            f"register_signal({signal!r}): expected a Signal subclass or instance "
+            f"(omnitrace_core.signals.Signal), got {type(signal).__name__}"
+        )
+    name = signal.name.lower() if isinstance(signal.name, str) else ""
+    if not name.strip() or name == "custom":
+        raise InvalidInputError(
+            f"register_signal({signal!r}): a registered signal needs its own `name` class attribute"
+        )
     _REGISTRY[name] = signal
 
 

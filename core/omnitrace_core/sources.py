@@ -10,18 +10,27 @@ instruction, question) is scaffolding and never a source.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from omnitrace_core.errors import InvalidInputError
+from omnitrace_core.validation import CheckedModel, show
 
 Modality = Literal["text", "image", "audio", "video"]
 MediaModality = Literal["image", "audio", "video"]
 
 
-class TimedSegment(BaseModel):
+class _SourceModel(CheckedModel):
+    """Frozen, no unknown fields, finite numbers, no bool / bytes coerced, no lone surrogate;
+    refusals are :class:`InvalidInputError` naming the field and the value."""
+
+    error_class = InvalidInputError
+
+
+class TimedSegment(_SourceModel):
     """A stretch of a recording, in seconds, optionally with the text spoken in it.
 
     Attributes:
@@ -31,8 +40,6 @@ class TimedSegment(BaseModel):
         char_end: For a transcript source: where they end.
         text: The words spoken (informational; the transcript's ``text`` is what the model reads).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     start_s: float = Field(ge=0.0)
     end_s: float = Field(ge=0.0)
@@ -51,7 +58,7 @@ class TimedSegment(BaseModel):
         return self
 
 
-class TextSource(BaseModel):
+class TextSource(_SourceModel):
     """A text passage the model may draw on.
 
     Attributes:
@@ -62,8 +69,6 @@ class TextSource(BaseModel):
         metadata: Carried into citations unchanged.
         label: Shown to the model in place of ``id`` (small models copy long ids into answers).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     text: str
@@ -112,7 +117,7 @@ class TextSource(BaseModel):
         return self
 
 
-class MediaSource(BaseModel):
+class MediaSource(_SourceModel):
     """An image, audio clip or video the model may draw on.
 
     A native omni / vision-language model reads it directly (its units are image regions or
@@ -128,8 +133,6 @@ class MediaSource(BaseModel):
         segments: Caller-supplied time segments (e.g. ASR or diarisation segments) used as the
             units of an audio / video source instead of fixed one-second bins.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     modality: MediaModality
@@ -193,7 +196,13 @@ def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]
     no ``text``) becomes a :class:`MediaSource`; a dict with ``text`` a :class:`TextSource`
     (an ``audio`` / ``video`` one is a transcript).
     """
-    if sources is None or len(sources) == 0:
+    if isinstance(sources, (str, bytes, dict, TextSource, MediaSource)) or not isinstance(sources, Iterable):
+        raise InvalidInputError(
+            f"sources={show(sources)}: must be a list of sources (TextSource, MediaSource or dicts), "
+            f"got {type(sources).__name__}"
+        )
+    sources = list(sources)
+    if len(sources) == 0:
         raise InvalidInputError("sources is empty: give at least one source to attribute to")
     out: list[Source] = []
     for i, src in enumerate(sources):
@@ -218,14 +227,21 @@ def validate_sources(sources: Sequence[Source | dict[str, Any]]) -> list[Source]
         media = modality != "text" and "text" not in src
         model: type[BaseModel] = MediaSource if media else TextSource
         try:
-            known = {k: v for k, v in src.items() if k in model.model_fields}
+            known = {str(k): v for k, v in src.items() if k in model.model_fields}
             out.append(model(**known))  # type: ignore[arg-type]
-        except ValidationError as exc:  # re-raise naming the source and the field
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'source'}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
+        except InvalidInputError as exc:  # re-raise naming the source, the field and the value
+            cause = exc.__cause__
+            problems = (
+                "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'source'}"
+                    + (f"={show(e['input'])}" if e["loc"] and "input" in e else "")
+                    + f": {e['msg'].removeprefix('Value error, ')}"
+                    for e in cause.errors()
+                )
+                if isinstance(cause, ValidationError)
+                else str(exc)
             )
-            raise InvalidInputError(f"source #{i} ({src.get('id')!r}) is invalid: {problems}") from exc
+            raise InvalidInputError(f"source #{i} ({show(src.get('id'))}) is invalid: {problems}") from exc
     seen: dict[str, int] = {}
     for i, src in enumerate(out):
         if src.id in seen:
@@ -315,6 +331,81 @@ def _timed_pieces(src: TextSource, lead: int, length: int) -> list[tuple[int, in
     return out
 
 
+#: Serialises our tokenizer calls: a fast tokenizer's ``split_special_tokens`` is a flag set on
+#: the shared Rust tokenizer before each call, so two threads could otherwise swap it.
+_ENCODE_LOCK = threading.Lock()
+
+
+def control_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special (control) token strings, longest first (``<|im_start|>``, ``</s>``...)."""
+    found = {str(t) for t in (getattr(tokenizer, "all_special_tokens", None) or [])}
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(getattr(tok, "content", tok)))
+    return sorted((t for t in found if t), key=len, reverse=True)
+
+
+def encode_with_plain_spans(
+    tokenizer: Any, text: str, plain: Sequence[tuple[int, int]]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text``, where the characters in the ``plain`` spans
+    (user-supplied: sources, question, system prompt) are encoded as plain text.
+
+    A control token such as ``<|im_start|>`` written inside a source or a question must not
+    become the real special token: it would let a document open a new chat turn (prompt
+    injection). The chat template's own control tokens (outside ``plain``) stay special. When
+    no plain span holds a control token the whole text is encoded in one call, exactly as
+    before; otherwise each stretch is encoded on its own, the plain ones with
+    ``split_special_tokens=True``.
+
+    Raises:
+        InvalidInputError: if the tokenizer still produced a special token inside a plain span
+            (it does not support ``split_special_tokens``).
+    """
+    specials = control_tokens(tokenizer)
+    risky = any(tok in text[a:b] for a, b in plain for tok in specials)
+    with _ENCODE_LOCK:
+        if not risky:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return list(enc["input_ids"]), [(int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
+        pieces: list[tuple[int, int, bool]] = []
+        cursor = 0
+        for a, b in sorted(plain):
+            if a > cursor:
+                pieces.append((cursor, a, False))
+            pieces.append((max(a, cursor), b, True))
+            cursor = max(cursor, b)
+        if cursor < len(text):
+            pieces.append((cursor, len(text), False))
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        special_ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+        for a, b, is_plain in pieces:
+            if b <= a:
+                continue
+            enc = tokenizer(
+                text[a:b],
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                split_special_tokens=is_plain,
+            )
+            piece_ids = list(enc["input_ids"])
+            if is_plain and special_ids & set(piece_ids):
+                raise InvalidInputError(
+                    "a source, question or system prompt holds a control token "
+                    f"({', '.join(t for t in specials if t in text[a:b])}) that this tokenizer cannot "
+                    "encode as plain text (no split_special_tokens support): remove it from the input"
+                )
+            ids.extend(piece_ids)
+            offsets.extend((int(s) + a, int(e) + a) for s, e in enc["offset_mapping"])
+        return ids, offsets
+
+
+def encode_plain(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text`` (a response) as plain text: control tokens in it are characters, never special tokens."""
+    return encode_with_plain_spans(tokenizer, text, [(0, len(text))])
+
+
 def build_prompt(
     tokenizer: Any,
     sources: Sequence[Source],
@@ -344,12 +435,16 @@ def build_prompt(
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:  # plain LMs: a simple textual layout
         text = (system_prompt + "\n\n" if system_prompt else "") + user + "\nAnswer: "
-    user_at = text.find(user)
+    # The user message is the last message: its last occurrence is the message itself (a
+    # system prompt that quotes it must not capture the source spans).
+    user_at = text.rfind(user)
     if user_at < 0:
         raise InvalidInputError("the chat template altered the user message; cannot locate the sources")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = [(int(o[0]), int(o[1])) for o in enc["offset_mapping"]]
+    plain = [(user_at, user_at + len(user))]
+    system_at = text.find(system_prompt) if system_prompt else -1
+    if system_prompt and system_at >= 0 and system_at + len(system_prompt) <= user_at:
+        plain.insert(0, (system_at, system_at + len(system_prompt)))
+    ids, offsets = encode_with_plain_spans(tokenizer, text, plain)
     units: list[SourceUnit] = []
     prev_end = 0
     for unit, a, b in unit_spans:

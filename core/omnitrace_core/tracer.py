@@ -27,7 +27,13 @@ from omnitrace_core.calibration import Calibration, find_calibration, load_calib
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
-from omnitrace_core.errors import ContextLengthError, GenerationAbandoned, InvalidInputError, UnknownNameError
+from omnitrace_core.errors import (
+    ContextLengthError,
+    GenerationAbandoned,
+    GenerationError,
+    InvalidInputError,
+    UnknownNameError,
+)
 from omnitrace_core.log import get_logger
 from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -43,7 +49,15 @@ from omnitrace_core.results import (
     TracedAnswer,
 )
 from omnitrace_core.signals import LearnedHeads, Signal, get_signal
-from omnitrace_core.sources import MediaSource, PromptLayout, Source, validate_sources
+from omnitrace_core.sources import MediaSource, PromptLayout, Source, encode_plain, validate_sources
+from omnitrace_core.validation import (
+    check_device,
+    check_dtype,
+    check_generation_kwargs,
+    check_model_and_tokenizer,
+    check_text,
+    invalid,
+)
 
 logger = get_logger()
 
@@ -143,6 +157,8 @@ class _Decoding:
     ) -> None:
         self.streamer = _TokenQueue()
         self.failure: list[BaseException] = []
+        self.cancelled = threading.Event()
+        gen = {**gen, "stopping_criteria": _with_cancel(gen.get("stopping_criteria"), self.cancelled)}
         self._model, self._input_ids, self._gen, self._session = model, input_ids, gen, session
         self._worker: threading.Thread | None = None
         if threaded:
@@ -180,6 +196,37 @@ class _Decoding:
         if self.failure:
             raise self.failure[0]
 
+    def cancel(self) -> None:
+        """Stop decoding at the next token (the consumer went away); never waits."""
+        self.cancelled.set()
+
+
+class _CancelCriteria:
+    """A stopping criterion that ends ``model.generate`` once its event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        stop = self.event.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _with_cancel(criteria: Any, event: threading.Event) -> Any:
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([*(criteria or []), _CancelCriteria(event)])
+
+
+def _decode_failed(exc: Exception, tokens: int, text: str) -> GenerationError:
+    """The named error a stream ends with when ``model.generate`` raised part-way."""
+    error = GenerationError(
+        f"decoding failed after {tokens} generated tokens ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:300]}); the text decoded so far is kept in .partial_text"
+    )
+    error.partial_text = text
+    return error
+
 
 class Tracer:
     """Generation-time source attribution over a local Hugging Face decoder-only model.
@@ -210,6 +257,19 @@ class Tracer:
         prompt_builder: PromptBuilder | None = None,
         calibration: Calibration | None = None,
     ) -> None:
+        check_model_and_tokenizer(model, tokenizer)
+        _check_config(config)
+        if model_name is not None and (not isinstance(model_name, str) or not model_name.strip()):
+            raise invalid("model_name", model_name, "must be a non-empty string")
+        if calibration is not None and not isinstance(calibration, Calibration):
+            raise invalid(
+                "calibration",
+                calibration,
+                f"must be a Calibration (omnitrace_core.calibration.load_calibration(path)), "
+                f"got {type(calibration).__name__}",
+            )
+        if isinstance(observers, (str, bytes)) or not isinstance(observers, Sequence):
+            raise invalid("observers", observers, "must be a list of TraceObserver objects")
         self.loaded = LoadedModel(model=model, tokenizer=tokenizer, name=model_name or _model_name(model))
         self.prompt_builder: PromptBuilder = prompt_builder or TextPromptBuilder(tokenizer)
         self.calibration = calibration
@@ -263,8 +323,21 @@ class Tracer:
         ``omnitrace-calibration.json``; a path or :class:`Calibration` uses that one; ``None``
         uses none (the ``attmean`` defaults).
         """
+        if isinstance(name_or_path, bytes) or not isinstance(name_or_path, (str, os.PathLike)):
+            raise invalid(
+                "name_or_path",
+                name_or_path,
+                f"must be a packaged model name or a folder path, got {type(name_or_path).__name__}",
+            )
+        if not str(name_or_path).strip():
+            raise invalid("name_or_path", name_or_path, "is empty")
+        _check_config(config)
         if dtype is not None:
-            load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            load_kwargs["dtype"] = check_dtype(dtype)
+        if device is not None:
+            check_device(device)
+        if device_map is not None and not isinstance(device_map, (str, dict)):
+            raise invalid("device_map", device_map, "must be a string ('auto', 'cpu') or a dict")
         if device_map is not None:
             load_kwargs["device_map"] = device_map
         if isinstance(calibration, str) and calibration == "auto":
@@ -353,8 +426,9 @@ class Tracer:
         generation_kwargs: dict[str, Any],
         threaded: bool,
     ) -> Iterator[StreamEvent]:
-        cfg = config or self.config
         try:
+            cfg = _check_config(config) or self.config
+            check_text(question, "question")
             signal = self.signal_for(cfg.signal)
             srcs, layout = self._layout(sources, question, cfg)
             gen = self._generation_kwargs(cfg, generation_kwargs)
@@ -379,10 +453,12 @@ class Tracer:
         config: TracerConfig | None = None,
     ) -> TracedAnswer:
         """Attribute a given ``response`` (teacher-forced, one forward pass)."""
-        cfg = config or self.config
         try:
-            if response is None or not response.strip():
+            cfg = _check_config(config) or self.config
+            check_text(question, "question")
+            if isinstance(response, str) and not response.strip():
                 raise InvalidInputError("response is empty: nothing to attribute")
+            check_text(response, "response")
             srcs, layout = self._layout(sources, question, cfg)
         except (InvalidInputError, UnknownNameError) as exc:
             logger.warning(
@@ -406,7 +482,8 @@ class Tracer:
 
     def layout(self, sources: SourcesArg, question: str, config: TracerConfig | None = None) -> PromptLayout:
         """The prompt this tracer would build for ``sources`` and ``question`` (no model call)."""
-        return self._layout(sources, question, config or self.config)[1]
+        check_text(question, "question")
+        return self._layout(sources, question, _check_config(config) or self.config)[1]
 
     def _layout(
         self, sources: SourcesArg, question: str, cfg: TracerConfig
@@ -465,8 +542,7 @@ class Tracer:
             "do_sample": cfg.generation.do_sample,
         }
         gen.update(overrides)
-        if int(gen["max_new_tokens"]) < 1:
-            raise InvalidInputError(f"max_new_tokens must be >= 1, got {gen['max_new_tokens']}")
+        check_generation_kwargs(gen)
         if not gen.get("do_sample"):
             for key in ("temperature", "top_p", "top_k"):
                 gen.setdefault(key, None)
@@ -532,25 +608,32 @@ class Tracer:
             mapping = mapper.map(session.row(pos), reading)
             return assembler.add(text, token, a, b, mapping)
 
-        for tok in decoding.tokens():
-            position = prompt_len - 1 + step
-            step += 1
-            if mapper is None:
-                first_token_at = time.perf_counter()
-                ref_rows = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
-                mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
-            done: list[SentenceAttribution] = []
-            if pending is not None:
-                done = flush(session.rows.get(pending[0] + 1))
-            span = out.add(tok)
-            if span is not None:
-                start, end = span
-                pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
-                if end > start:
-                    yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
-            for sentence in done:
-                yield SentenceEvent(sentence=sentence)
-        decoding.finish()
+        try:
+            for tok in decoding.tokens():
+                position = prompt_len - 1 + step
+                step += 1
+                if mapper is None:
+                    first_token_at = time.perf_counter()
+                    refs = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
+                    mapper = TokenMapper(index, cfg.mapping, reference_share(index, refs))
+                done: list[SentenceAttribution] = []
+                if pending is not None:
+                    done = flush(session.rows.get(pending[0] + 1))
+                span = out.add(tok)
+                if span is not None:
+                    start, end = span
+                    pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
+                    if end > start:
+                        yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
+                for sentence in done:
+                    yield SentenceEvent(sentence=sentence)
+        except GeneratorExit:
+            decoding.cancel()  # the consumer closed the stream: stop the decode thread too
+            raise
+        try:
+            decoding.finish()
+        except Exception as exc:  # a decode that raised part-way: named, with the text so far
+            raise _decode_failed(exc, len(out.ids), out.text) from exc
         if pending is not None:
             for sentence in flush(session.rows.get(pending[0] + 1)):
                 yield SentenceEvent(sentence=sentence)
@@ -587,11 +670,18 @@ class Tracer:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
         decoding = self._start_decoding(layout, gen, None, threaded)
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
-        for tok in decoding.tokens():
-            span = out.add(tok)
-            if span is not None and span[1] > span[0]:
-                yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
-        decoding.finish()
+        try:
+            for tok in decoding.tokens():
+                span = out.add(tok)
+                if span is not None and span[1] > span[0]:
+                    yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
+        except GeneratorExit:
+            decoding.cancel()
+            raise
+        try:
+            decoding.finish()
+        except Exception as exc:
+            raise _decode_failed(exc, len(out.ids), out.text) from exc
         final_text = out.final()
         if final_text != out.text:
             yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
@@ -642,9 +732,7 @@ class Tracer:
         Separated from :meth:`assemble_forced` so evaluations can reuse the rows under many
         mapping / curation settings without re-running the model.
         """
-        enc = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-        resp_ids: list[int] = list(enc["input_ids"])
-        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        resp_ids, offsets = encode_plain(self.tokenizer, response)  # a control token in it stays text
         prompt_len = len(layout.input_ids)
         self._check_length(prompt_len, len(resp_ids))
         positions = list(range(prompt_len - 1, prompt_len - 1 + len(resp_ids)))
@@ -776,6 +864,18 @@ class Tracer:
                 assert acc is not None
                 rows[pos] = (acc / len(layers)).detach()
         return rows
+
+
+def _check_config(config: Any) -> TracerConfig | None:
+    """``None`` or a :class:`TracerConfig`; anything else is refused by name."""
+    if config is None or isinstance(config, TracerConfig):
+        return config
+    hint = " (build one: TracerConfig(**that_dict))" if isinstance(config, dict) else ""
+    if isinstance(config, str):
+        hint = f" (a signal name goes in TracerConfig(signal={config!r}))"
+    if isinstance(config, type):
+        hint = " (the class itself: pass an instance, TracerConfig(...))"
+    raise invalid("config", config, f"must be a TracerConfig, got {type(config).__name__}{hint}")
 
 
 def _reference_positions(layout: PromptLayout, cfg: TracerConfig) -> list[int]:

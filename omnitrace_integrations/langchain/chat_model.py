@@ -22,7 +22,9 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.validation import check_number, check_positive_int, check_stop_strings, invalid
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
     answer_metadata,
@@ -91,6 +93,11 @@ class ChatOmniTrace(BaseChatModel):
         timeout: Seconds after which decoding stops (transformers ``max_time``).
         streaming: Route ``invoke`` through the streaming path (same result).
         device: Device for loading (``cpu``, ``cuda``...); ``dtype``, ``device_map`` likewise.
+        media_root: A folder from which media content blocks may name local files (``path`` or
+            ``file://`` URL); paths must resolve inside it (symlinks and ``..`` followed). Without
+            it (and without ``allowed_media_paths``) local paths in messages are refused: a user
+            message could otherwise make the model read any file on this machine.
+        allowed_media_paths: Explicit local files media blocks may name, wherever they are.
     """
 
     model_config = ConfigDict(
@@ -110,8 +117,17 @@ class ChatOmniTrace(BaseChatModel):
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
+    media_root: str | None = None
+    allowed_media_paths: list[str] | None = None
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _media_policy: LocalMediaPolicy | None = PrivateAttr(default=None)
+
+    def media_policy(self) -> LocalMediaPolicy:
+        """Which local files media blocks may name (built from ``media_root`` / ``allowed_media_paths``)."""
+        if self._media_policy is None:
+            self._media_policy = LocalMediaPolicy.create(self.media_root, self.allowed_media_paths)
+        return self._media_policy
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -140,8 +156,10 @@ class ChatOmniTrace(BaseChatModel):
         if isinstance(max_tokens, int):
             params["ls_max_tokens"] = max_tokens
         stops = stop or kwargs.get("stop") or self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
+        if isinstance(stops, str):
+            stops = [stops]
+        if isinstance(stops, (list, tuple)) and stops:  # tracing metadata only: checked when used
+            params["ls_stop"] = [str(s) for s in stops]
         return params
 
     # -- loading ----------------------------------------------------------------------------
@@ -182,7 +200,7 @@ class ChatOmniTrace(BaseChatModel):
                 f"at construction ({self.model_name!r}); create another ChatOmniTrace"
             )
         kwargs.pop("model", None)
-        request = read_messages(messages, sources)
+        request = read_messages(messages, sources, self.media_policy())
         tracer = self.get_tracer()
         gen = self._generation_kwargs(tracer, stop, kwargs)
         gen.update(cancel_kwargs(cancel))
@@ -214,17 +232,23 @@ class ChatOmniTrace(BaseChatModel):
         self, tracer: Any, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         gen: dict[str, Any] = {}
-        max_tokens = (
-            kwargs.pop("max_tokens", None) or kwargs.pop("max_new_tokens", None) or self.max_tokens
-        )
+        max_tokens = kwargs.pop("max_tokens", None)
+        if max_tokens is None:
+            max_tokens = kwargs.pop("max_new_tokens", None)
+        kwargs.pop("max_new_tokens", None)
+        if max_tokens is None:
+            max_tokens = self.max_tokens
         if max_tokens is not None:
-            gen["max_new_tokens"] = int(max_tokens)
+            gen["max_new_tokens"] = check_positive_int(max_tokens, "max_tokens")
         temperature = kwargs.pop("temperature", self.temperature)
+        if temperature is not None:
+            temperature = check_number(temperature, "temperature", low=0.0)
         if temperature:
             gen["do_sample"] = True
             gen["temperature"] = float(temperature)
-        stops = list(stop or kwargs.pop("stop", None) or self.stop or [])
-        kwargs.pop("stop", None)
+        call_stop = kwargs.pop("stop", None)
+        raw_stops = stop if stop is not None else call_stop if call_stop is not None else self.stop
+        stops = check_stop_strings(raw_stops, "stop") if raw_stops is not None else []
         if stops:
             gen["stop_strings"] = stops
             gen["tokenizer"] = tracer.tokenizer
@@ -242,7 +266,10 @@ class ChatOmniTrace(BaseChatModel):
         if "seed" in gen:
             import torch
 
-            torch.manual_seed(int(gen.pop("seed")))
+            seed = gen.pop("seed")
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise invalid("seed", seed, "must be a whole number >= 0")
+            torch.manual_seed(seed)
         return gen
 
     # -- message building -------------------------------------------------------------------
@@ -289,7 +316,7 @@ class ChatOmniTrace(BaseChatModel):
             InvalidInputError: if there are no sources or the response is empty.
         """
         messages = self._convert_input(input).to_messages()
-        request = read_messages(messages, sources)
+        request = read_messages(messages, sources, self.media_policy())
         if not request.sources:
             raise InvalidInputError(
                 "attribute_message needs sources (content blocks, tool output or sources=)"

@@ -32,6 +32,7 @@ from omnitrace_core import (
     TracerConfig,
 )
 from omnitrace_core.sources import Source
+from omnitrace_core.validation import check_generation_kwargs
 
 logger = logging.getLogger("omnitrace.langchain")
 
@@ -133,14 +134,27 @@ def traced_events(
             )
 
 
+def _encode_turns(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:
+    """The conversation's prompt ids; control tokens typed inside a message stay plain text
+    (transformers' ``sanitize_control_tokens``), so a message cannot open a turn of its own."""
+    try:
+        ids = tokenizer.apply_chat_template(
+            turns, tokenize=True, add_generation_prompt=True, sanitize_control_tokens=True, return_dict=False
+        )
+        return [int(i) for i in ids]
+    except (TypeError, ValueError, NotImplementedError) as exc:  # an older tokenizer or template
+        logger.debug("sanitize_control_tokens unavailable (%r); encoding the rendered chat", exc)
+    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(prompt, add_special_tokens=False, split_special_tokens=False)["input_ids"])
+
+
 def plain_events(tracer: Any, turns: list[dict[str, str]], gen: dict[str, Any]) -> Iterator[Event]:
     """Answer a conversation without sources (no attribution), streaming text deltas."""
     import torch
 
     tokenizer = tracer.tokenizer
     model = tracer.model
-    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    input_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    input_ids = _encode_turns(tokenizer, turns)
     config = getattr(tracer, "config", None) or TracerConfig()
     kwargs: dict[str, Any] = {
         "max_new_tokens": config.generation.max_new_tokens,
@@ -148,6 +162,7 @@ def plain_events(tracer: Any, turns: list[dict[str, str]], gen: dict[str, Any]) 
         "do_sample": config.generation.do_sample,
     }
     kwargs.update(gen)
+    check_generation_kwargs(kwargs)
     if not kwargs.get("do_sample"):
         for key in ("temperature", "top_p", "top_k"):
             kwargs.setdefault(key, None)

@@ -7,7 +7,9 @@ Sources come from where LangChain users already put them:
 - ``image`` / ``audio`` / ``video`` content blocks (v1 standard ``base64`` + ``mime_type`` or
   ``url``; v0 ``source_type`` blocks; OpenAI ``image_url`` with a ``data:`` URL and
   ``input_audio``) as :class:`~omnitrace_core.sources.MediaSource` objects: base64 and
-  ``data:`` URLs become bytes, ``file://`` URLs, local paths and a ``path`` key a local file.
+  ``data:`` URLs become bytes; ``file://`` URLs, local paths and a ``path`` key name a local
+  file, which is read only if the chat model allows it (``media_root`` / ``allowed_media_paths``,
+  :mod:`omnitrace_core.media.paths`): refused by default.
   Nothing is ever downloaded: an ``http(s)`` URL or a ``file_id`` is refused, saying how to
   pass the file instead. Whether the model can read the medium is the tracer's decision (a
   text model raises ``UnsupportedModalityError``, or transcribes audio with
@@ -32,7 +34,6 @@ import mimetypes
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlparse
 from urllib.request import url2pathname
@@ -41,7 +42,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from omnitrace_core import InvalidInputError, TextSource
-from omnitrace_core.errors import MediaError
+from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
 
 logger = logging.getLogger("omnitrace.langchain")
@@ -64,8 +65,8 @@ _MEDIA_TYPES: dict[str, MediaModality] = {
 _AUTO_ID = re.compile(r"^lc_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 #: How to hand over a file instead of a remote reference (in error messages).
 _MEDIA_HINT = (
-    "pass a local file (url='file:///path/to/file' or 'path': '/path/to/file') or the file's "
-    "bytes as base64 ('base64': ..., 'mime_type': ...)"
+    "pass the file's bytes as base64 ('base64': ..., 'mime_type': ...), or a local file "
+    "(url='file:///path/to/file' or 'path': '/path/to/file') the chat model allows through media_root"
 )
 #: MIME types of ``file`` blocks read as text.
 _TEXT_MIME_PREFIXES = ("text/",)
@@ -269,17 +270,9 @@ def _decode_data_url(url: str, what: str) -> tuple[bytes, str | None]:
     return data, mime
 
 
-def _local_path(value: str, what: str) -> str:
-    """A local file's absolute path; raises ``MediaError`` naming the block if there is none."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise MediaError(f"{what}: file {value!r} not found")
-    if not path.is_file():
-        raise MediaError(f"{what}: {value!r} is not a file")
-    return str(path.resolve())
-
-
-def _url_content(url: str, kind: str, sid: str, what: str) -> tuple[bytes | None, str | None, str | None]:
+def _url_content(
+    url: str, kind: str, sid: str, what: str, policy: LocalMediaPolicy
+) -> tuple[bytes | None, str | None, str | None]:
     """``(data, path, mime)`` for a block's ``url``: data: URLs, file:// URLs and local paths."""
     if url.startswith("data:"):
         data, mime = _decode_data_url(url, what)
@@ -292,13 +285,13 @@ def _url_content(url: str, kind: str, sid: str, what: str) -> tuple[bytes | None
                 f"{what}: file URL {url!r} names another host ({parsed.netloc!r}); only local "
                 f"files can be read ({_MEDIA_HINT})"
             )
-        return None, _local_path(url2pathname(unquote(parsed.path)), what), None
+        return None, policy.resolve(url2pathname(unquote(parsed.path)), what), None
     if scheme and len(scheme) > 1:  # http(s), s3, gs, ftp...; one letter is a Windows drive
         raise UnsupportedContentError(
             f"content block {sid!r} of type {kind!r} is not supported with a remote url ({url!r}): "
             f"ChatOmniTrace downloads nothing; {_MEDIA_HINT}"
         )
-    return None, _local_path(url, what), None
+    return None, policy.resolve(url, what), None
 
 
 def _media_fields(block: dict[str, Any], kind: str, what: str) -> dict[str, Any]:
@@ -334,7 +327,9 @@ def _media_fields(block: dict[str, Any], kind: str, what: str) -> dict[str, Any]
     return fields
 
 
-def _media_block_to_source(block: dict[str, Any], counter: int) -> MediaSource:
+def _media_block_to_source(
+    block: dict[str, Any], counter: int, policy: LocalMediaPolicy = NO_LOCAL_FILES
+) -> MediaSource:
     """One image / audio / video content block as a ``MediaSource`` (no download, ever).
 
     Raises:
@@ -364,9 +359,9 @@ def _media_block_to_source(block: dict[str, Any], counter: int) -> MediaSource:
     elif fields.get("path") is not None:
         if not isinstance(fields["path"], str) or not fields["path"].strip():
             raise InvalidInputError(f"{what}: path must be a non-empty string")
-        path = _local_path(fields["path"], what)
+        path = policy.resolve(fields["path"], what)
     elif url:
-        data, path, url_mime = _url_content(url, kind, sid, what)
+        data, path, url_mime = _url_content(url, kind, sid, what, policy)
         mime = mime or url_mime
     elif fields.get("file_id"):
         raise UnsupportedContentError(
@@ -408,7 +403,9 @@ def _media_block_to_source(block: dict[str, Any], counter: int) -> MediaSource:
         raise InvalidInputError(f"{what} is invalid: {exc}") from exc
 
 
-def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[Source]]:
+def _split_content(
+    message: BaseMessage, counter: list[int], policy: LocalMediaPolicy = NO_LOCAL_FILES
+) -> tuple[str, list[Source]]:
     """The message's plain text and the sources its content blocks carry."""
     content = message.content
     if isinstance(content, str):
@@ -443,7 +440,7 @@ def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[
             continue
         elif kind in _MEDIA_TYPES:
             counter[0] += 1
-            sources.append(_media_block_to_source(item, counter[0]))
+            sources.append(_media_block_to_source(item, counter[0], policy))
         else:
             raise UnsupportedContentError(
                 f"content block type {kind!r} is not supported by ChatOmniTrace (supported: text, "
@@ -452,7 +449,9 @@ def _split_content(message: BaseMessage, counter: list[int]) -> tuple[str, list[
     return "".join(texts), sources
 
 
-def _tool_sources(message: ToolMessage, counter: list[int]) -> tuple[str, list[Source]]:
+def _tool_sources(
+    message: ToolMessage, counter: list[int], policy: LocalMediaPolicy = NO_LOCAL_FILES
+) -> tuple[str, list[Source]]:
     artifact = message.artifact
     if isinstance(artifact, Document):
         artifact = [artifact]
@@ -462,7 +461,7 @@ def _tool_sources(message: ToolMessage, counter: list[int]) -> tuple[str, list[S
             counter[0] += 1
             docs.append(document_to_source(doc, counter[0]))
         return "", docs
-    text, block_sources = _split_content(message, counter)
+    text, block_sources = _split_content(message, counter, policy)
     if block_sources:
         return "", block_sources
     if not text.strip():
@@ -480,12 +479,19 @@ def _tool_sources(message: ToolMessage, counter: list[int]) -> tuple[str, list[S
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
 
-def read_messages(messages: Sequence[BaseMessage], extra_sources: Any = None) -> ChatRequest:
+def read_messages(
+    messages: Sequence[BaseMessage],
+    extra_sources: Any = None,
+    media_policy: LocalMediaPolicy = NO_LOCAL_FILES,
+) -> ChatRequest:
     """Read the sources, question and system text from LangChain messages.
 
     Args:
         messages: The (normalised) input messages.
         extra_sources: The ``sources=`` kwarg (``Document``s, ``TextSource``s, dicts or strings).
+        media_policy: Which local files media blocks may name (default: none; see
+            :mod:`omnitrace_core.media.paths`). The ``sources=`` kwarg is the application's own
+            and is not checked.
 
     Returns:
         The request; ``sources`` is empty when nothing cites.
@@ -503,10 +509,10 @@ def read_messages(messages: Sequence[BaseMessage], extra_sources: Any = None) ->
     history: list[tuple[str, str]] = []
     for message in messages:
         if isinstance(message, ToolMessage):
-            _, found = _tool_sources(message, counter)
+            _, found = _tool_sources(message, counter, media_policy)
             request.sources.extend(found)
             continue
-        text, found = _split_content(message, counter)
+        text, found = _split_content(message, counter, media_policy)
         request.sources.extend(found)
         if isinstance(message, SystemMessage):
             if text.strip():

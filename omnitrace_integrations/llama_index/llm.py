@@ -46,6 +46,7 @@ from omnitrace_core import (
     Tracer,
     TracerConfig,
 )
+from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_integrations.llama_index.events import AttributionSpan
 from omnitrace_integrations.llama_index.labels import SourceLabels
 from omnitrace_integrations.llama_index.sources import (
@@ -125,6 +126,11 @@ class OmniTraceLLM(CustomLLM):
         tracer_config: Tracer configuration used when loading (and per call).
         generate_kwargs: Extra keyword arguments for ``model.generate``.
         load_kwargs: Extra keyword arguments for ``Tracer.from_pretrained`` (``device``, ``dtype``).
+        media_root: A folder from which ``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` /
+            ``DocumentBlock`` in messages may name local files (``path`` or ``file://`` URL);
+            paths must resolve inside it. Without it (and ``allowed_media_paths``) local paths
+            in messages are refused (:mod:`omnitrace_core.media.paths`).
+        allowed_media_paths: Explicit local files message blocks may name, wherever they are.
 
     Example:
         >>> llm = OmniTraceLLM(max_new_tokens=64)
@@ -141,6 +147,13 @@ class OmniTraceLLM(CustomLLM):
     tracer_config: TracerConfig | None = Field(default=None, description="Tracer configuration.")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() kwargs.")
     load_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra from_pretrained() kwargs.")
+    media_root: str | None = Field(
+        default=None,
+        description="Folder from which message blocks may name local files (refused by default).",
+    )
+    allowed_media_paths: list[str] | None = Field(
+        default=None, description="Explicit local files message blocks may name."
+    )
 
     _tracer: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -239,7 +252,7 @@ class OmniTraceLLM(CustomLLM):
         return last
 
     def _stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Generator[ChatResponse, None, None]:
-        parsed = parse_messages(messages)
+        parsed = parse_messages(messages, LocalMediaPolicy.create(self.media_root, self.allowed_media_paths))
         extra: Sequence[SourceLike] | None = kwargs.pop("sources", None)
         if extra:
             for src in coerce_sources(extra).sources:

@@ -42,7 +42,8 @@ from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, Node, Nod
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnitrace_core import InvalidInputError, TextSource
-from omnitrace_core.errors import MediaError
+from omnitrace_core.errors import MediaAccessError, MediaError
+from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
 
 logger = logging.getLogger("omnitrace.llama_index")
@@ -53,8 +54,8 @@ MediaBlock: TypeAlias = ImageBlock | AudioBlock | VideoBlock
 
 #: How to hand over a file instead of a remote URL (in errors and notes).
 MEDIA_HINT = (
-    "pass a local file (path=... or url='file:///path/to/file') or the bytes themselves "
-    "(image= / audio= / video=)"
+    "pass the bytes themselves (image= / audio= / video=), or a local file (path=... or "
+    "url='file:///path/to/file') the LLM allows through media_root"
 )
 
 
@@ -161,16 +162,23 @@ def _data_url(url: str, what: str) -> tuple[bytes, str | None]:
 
 
 def _existing_file(path: str | Path, what: str) -> str:
-    """A local file's absolute path; ``MediaError`` naming ``what`` if it is missing."""
+    """A trusted (application-given) local file's absolute path; ``MediaError`` if it is missing."""
     resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        state = "is not a file" if resolved.exists() else "not found"
-        raise MediaError(f"{what}: file {str(path)!r} {state}")
+    try:
+        is_file, exists = resolved.is_file(), resolved.exists()
+    except (OSError, ValueError):
+        is_file = exists = False
+    if not is_file:
+        state = "is not a file" if exists else "not found"
+        raise MediaError(f"{what}: file {str(path)[:200]!r} {state}")
     return str(resolved.resolve())
 
 
-def _resolve_url(url: str, what: str) -> tuple[bytes | None, str | None, str | None]:
-    """``(data, path, mime)`` for a ``data:`` or ``file://`` URL.
+def _resolve_url(
+    url: str, what: str, policy: LocalMediaPolicy | None = None
+) -> tuple[bytes | None, str | None, str | None]:
+    """``(data, path, mime)`` for a ``data:`` or ``file://`` URL (a file checked by ``policy``
+    when given: a message's block; ``None``: a trusted node).
 
     Raises:
         UnsupportedContentError: for any other URL (nothing is downloaded).
@@ -181,7 +189,8 @@ def _resolve_url(url: str, what: str) -> tuple[bytes | None, str | None, str | N
         return data, None, mime
     parsed = urlparse(url)
     if parsed.scheme.lower() == "file" and parsed.netloc in ("", "localhost"):
-        return None, _existing_file(url2pathname(unquote(parsed.path)), what), None
+        local = url2pathname(unquote(parsed.path))
+        return None, policy.resolve(local, what) if policy else _existing_file(local, what), None
     raise UnsupportedContentError(
         f"{what} has only a remote url ({url!r}): nothing is downloaded; {MEDIA_HINT}"
     )
@@ -214,16 +223,23 @@ def _audio_mime(fmt: str | None) -> str | None:
     return mimetypes.guess_type(f"x.{fmt}")[0] or f"audio/{fmt}"
 
 
-def media_block_source(block: MediaBlock, source_id: str, title: str | None = None) -> MediaSource:
+def media_block_source(
+    block: MediaBlock,
+    source_id: str,
+    title: str | None = None,
+    policy: LocalMediaPolicy = NO_LOCAL_FILES,
+) -> MediaSource:
     """An ``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` as a media source (no download, ever).
 
     Content is read from the block's bytes (``image`` / ``audio`` / ``video``, stored
     base64-encoded by LlamaIndex, or a file object), else its ``path``, else a ``data:`` or
-    ``file://`` ``url``.
+    ``file://`` ``url``. A local file is read only if ``policy`` allows it (default: never;
+    :mod:`omnitrace_core.media.paths`).
 
     Raises:
         UnsupportedContentError: if the block has only an http(s) (or other remote) URL.
-        MediaError: if its file does not exist.
+        MediaAccessError: a local file the policy does not allow (not saying whether it exists).
+        MediaError: if its (allowed) file does not exist.
         InvalidInputError: for invalid base64, a malformed data: URL, or no content at all.
     """
     modality: MediaModality = block.block_type
@@ -240,9 +256,9 @@ def media_block_source(block: MediaBlock, source_id: str, title: str | None = No
     if raw is not None:
         data = _read_bytes(raw, what)
     elif block.path is not None:
-        path = _existing_file(block.path, what)
+        path = policy.resolve(str(block.path), what)
     elif url:
-        data, path, url_mime = _resolve_url(url, what)
+        data, path, url_mime = _resolve_url(url, what, policy)
         mime = mime or url_mime
     else:
         raise InvalidInputError(f"{what} has no content: {MEDIA_HINT}")
@@ -419,12 +435,29 @@ class ParsedMessages(BaseModel):
     turns: list[tuple[str, str]] = Field(default_factory=list)
 
 
-def _document_text(block: DocumentBlock) -> str | None:
+def _document_text(block: DocumentBlock, policy: LocalMediaPolicy = NO_LOCAL_FILES) -> str | None:
+    """A text document's content: its data, or a local file the policy allows (never a download).
+
+    Raises:
+        MediaAccessError: the block names a local file the policy does not allow.
+        UnsupportedContentError: the block has only a remote URL.
+    """
     mimetype = block.document_mimetype or ""
     if mimetype and not mimetype.startswith("text/"):
         return None
+    what = f"document block {block.title or 'input_document'!r}"
     try:
-        data = block.resolve_document().read()
+        if block.data is not None:
+            data = block.resolve_document().read()
+        elif block.path is not None:
+            data = Path(policy.resolve(str(block.path), what)).read_bytes()
+        elif block.url is not None:
+            _, path, _ = _resolve_url(str(block.url), what, policy)
+            data = Path(path).read_bytes() if path else b""
+        else:
+            return None
+    except (MediaAccessError, UnsupportedContentError):
+        raise
     except Exception:
         return None
     try:
@@ -434,7 +467,9 @@ def _document_text(block: DocumentBlock) -> str | None:
     return text if text.strip() else None
 
 
-def _citable_sources(block: CitableBlock, prepared: PreparedSources) -> list[Source]:
+def _citable_sources(
+    block: CitableBlock, prepared: PreparedSources, policy: LocalMediaPolicy = NO_LOCAL_FILES
+) -> list[Source]:
     """A citable block's text (and text documents) as one source with id ``block.source``;
     its images as media sources: id ``block.source`` when an image is all it holds, else
     ``<source>:image-<k>``."""
@@ -443,7 +478,7 @@ def _citable_sources(block: CitableBlock, prepared: PreparedSources) -> list[Sou
     for inner in block.content:
         if isinstance(inner, TextBlock):
             parts.append(inner.text)
-        elif isinstance(inner, DocumentBlock) and (doc := _document_text(inner)) is not None:
+        elif isinstance(inner, DocumentBlock) and (doc := _document_text(inner, policy)) is not None:
             parts.append(doc)
         elif isinstance(inner, ImageBlock):
             media.append(inner)
@@ -457,11 +492,13 @@ def _citable_sources(block: CitableBlock, prepared: PreparedSources) -> list[Sou
     out: list[Source] = [TextSource(id=block.source, text=text, title=title)] if text else []
     for k, inner in enumerate(media, 1):
         sid = block.source if not text and len(media) == 1 else f"{block.source}:{inner.block_type}-{k}"
-        out.append(media_block_source(inner, sid, title))
+        out.append(media_block_source(inner, sid, title, policy))
     return out
 
 
-def parse_messages(messages: Sequence[ChatMessage]) -> ParsedMessages:
+def parse_messages(
+    messages: Sequence[ChatMessage], policy: LocalMediaPolicy = NO_LOCAL_FILES
+) -> ParsedMessages:
     """Find sources, the question and the system prompt in LlamaIndex chat messages.
 
     ``CitableBlock`` -> a source with id ``block.source`` and title ``block.title`` (an image
@@ -487,14 +524,14 @@ def parse_messages(messages: Sequence[ChatMessage]) -> ParsedMessages:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, CitableBlock):
-                found = _citable_sources(block, prepared)
+                found = _citable_sources(block, prepared, policy)
                 if not found:
                     prepared.note(f"citable block {block.source!r} has no text and was skipped")
                 for src in found:
                     prepared.add(src)
             elif isinstance(block, DocumentBlock):
                 doc_count += 1
-                text = _document_text(block)
+                text = _document_text(block, policy)
                 label = block.title or "input_document"
                 if text is None:
                     prepared.note(
@@ -512,7 +549,7 @@ def parse_messages(messages: Sequence[ChatMessage]) -> ParsedMessages:
                 while sid in taken:
                     media_count += 1
                     sid = f"{block.block_type}-{media_count}"
-                prepared.add(media_block_source(block, sid))
+                prepared.add(media_block_source(block, sid, policy=policy))
         text = "\n".join(t for t in texts if t.strip())
         if message.role == MessageRole.SYSTEM:
             if text:

@@ -100,7 +100,7 @@ def test_run_rejects_bad_sources_file(tmp_path, model_dir):
 
 def test_unknown_model_is_named(tmp_path):
     data = tmp_path / "d.jsonl"
-    data.write_text("")
+    data.write_text(json.dumps({"id": "r", "question": "q", "sources": [{"id": "a", "text": "t"}]}) + "\n")
     result = CliRunner().invoke(app, ["predict", str(data), "--out", str(tmp_path / "p"), "--model", "nope"])
     assert result.exit_code == 2
     assert "unknown model 'nope'" in result.output

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
-from omnitrace_core.config import CurationConfig
+from omnitrace_core.config import ConfigError, CurationConfig
 from omnitrace_core.curation import TokenVote, curate, pos_weight, unit_votes
 
 CFG = CurationConfig(min_relative=0.0)  # exactly the paper's rules (our extra knob off)
@@ -106,12 +105,12 @@ def test_max_citations_caps():
     "field,value", [("coverage", 0.0), ("coverage", 1.5), ("p_min", -0.1), ("alpha", 2.0), ("gamma", -1.0)]
 )
 def test_out_of_range_config_is_rejected(field, value):
-    with pytest.raises(ValidationError, match=field):
+    with pytest.raises(ConfigError, match=field):
         CurationConfig(**{field: value})
 
 
 def test_negative_pos_weight_is_rejected():
-    with pytest.raises(ValidationError, match="pos_weights"):
+    with pytest.raises(ConfigError, match="pos_weights"):
         CurationConfig(pos_weights={"NOUN": -1.0})
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from omnitrace_core.config import TracerConfig
+from omnitrace_core.config import ConfigError, TracerConfig
 from omnitrace_core.rerank import (
     RerankConfig,
     _MiniLM,
@@ -120,9 +120,9 @@ def test_config_is_frozen_and_validated():
     config = RerankConfig()
     with pytest.raises(ValidationError):
         config.top_m = 3  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="min_relative"):
+    with pytest.raises(ConfigError, match="min_relative"):
         RerankConfig(min_relative=1.5)
-    with pytest.raises(ValidationError, match="unknown_knob"):
+    with pytest.raises(ConfigError, match="unknown_knob"):
         RerankConfig(unknown_knob=1)  # type: ignore[call-arg]
 
 

@@ -21,7 +21,8 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.messages.content import create_image_block
 
 from omnitrace_core import FinalEvent, TextSource, TracedAnswer, TracerConfig
-from omnitrace_core.errors import MediaError, UnsupportedModalityError
+from omnitrace_core.errors import MediaAccessError, MediaError, UnsupportedModalityError
+from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaSource, TimedSegment
 from omnitrace_integrations.langchain import ChatOmniTrace
 from omnitrace_integrations.langchain.citations import citation_annotation, cited_documents
@@ -37,13 +38,16 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _read(*blocks: Any) -> list[Any]:
-    """The sources read from one human message holding a question and ``blocks``."""
-    return read_messages([HumanMessage(content=[{"type": "text", "text": "What is shown?"}, *blocks])]).sources
+def _read(*blocks: Any, root: Path | None = None) -> list[Any]:
+    """The sources read from one human message holding a question and ``blocks`` (local files
+    allowed from ``root`` when given)."""
+    policy = LocalMediaPolicy.create(media_root=root) if root is not None else NO_LOCAL_FILES
+    message = HumanMessage(content=[{"type": "text", "text": "What is shown?"}, *blocks])
+    return read_messages([message], media_policy=policy).sources
 
 
-def _one(block: dict[str, Any]) -> MediaSource:
-    (src,) = _read(block)
+def _one(block: dict[str, Any], root: Path | None = None) -> MediaSource:
+    (src,) = _read(block, root=root)
     assert isinstance(src, MediaSource)
     return src
 
@@ -117,6 +121,7 @@ def test_local_files_become_paths(png_file: Path, tmp_path: Path, monkeypatch: p
         {"type": "video", "id": "by-path-key", "path": str(clip)},
         {"type": "image", "id": "relative", "url": "chart.png"},
         {"type": "image", "source_type": "url", "url": png_file.as_uri()},  # v0 url block
+        root=tmp_path,
     )
     assert [s.id for s in sources] == [
         "by-file-url",
@@ -127,7 +132,8 @@ def test_local_files_become_paths(png_file: Path, tmp_path: Path, monkeypatch: p
         "image-6",
     ]
     assert all(isinstance(s, MediaSource) and s.data is None for s in sources)
-    assert [Path(s.path) for s in sources] == [png_file, png_file, wav, clip, png_file, png_file]
+    expected = [png_file, png_file, wav, clip, png_file, png_file]
+    assert [Path(s.path) for s in sources] == [p.resolve() for p in expected]
     # the MIME type is guessed from the file name when the block gives none
     mimes = [s.mime_type or "" for s in sources]
     assert mimes[:2] == ["image/png", "image/png"] and mimes[2].startswith("audio/") and mimes[3] == "video/mp4"
@@ -136,7 +142,7 @@ def test_local_files_become_paths(png_file: Path, tmp_path: Path, monkeypatch: p
 def test_file_url_with_spaces_is_unquoted(tmp_path: Path) -> None:
     path = tmp_path / "my chart.png"
     path.write_bytes(PNG)
-    assert Path(_one({"type": "image", "url": path.as_uri()}).path or "") == path
+    assert Path(_one({"type": "image", "url": path.as_uri()}, root=tmp_path).path or "") == path.resolve()
 
 
 def test_ids_count_with_the_other_source_blocks() -> None:
@@ -267,20 +273,34 @@ def test_bad_media_blocks_are_named(block: dict[str, Any], error: type[Exception
 @pytest.mark.parametrize(
     "block",
     [
-        {"type": "image", "id": "gone", "url": "file:///no/such/dir/a.png"},
-        {"type": "image", "id": "gone", "url": "/no/such/dir/a.png"},
-        {"type": "image", "id": "gone", "path": "/no/such/dir/a.png"},
-        {"type": "image", "id": "gone", "source_type": "url", "url": "file:///no/such/dir/a.png"},
+        {"type": "image", "id": "gone", "url": "file://{root}/no/such/dir/a.png"},
+        {"type": "image", "id": "gone", "url": "{root}/no/such/dir/a.png"},
+        {"type": "image", "id": "gone", "path": "{root}/no/such/dir/a.png"},
+        {"type": "image", "id": "gone", "source_type": "url", "url": "file://{root}/no/such/dir/a.png"},
     ],
 )
-def test_missing_files_are_named(block: dict[str, Any]) -> None:
-    with pytest.raises(MediaError, match=r"image content block 'gone': file '/no/such/dir/a.png' not found"):
+def test_missing_files_inside_media_root_are_named(block: dict[str, Any], tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    block = {k: v.format(root=root) for k, v in block.items()}
+    with pytest.raises(MediaError, match=r"image content block 'gone': file '.*/no/such/dir/a.png' not found"):
+        _read(block, root=root)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "image", "id": "gone", "url": "file:///no/such/dir/a.png"},
+        {"type": "image", "id": "gone", "path": "/no/such/dir/a.png"},
+    ],
+)
+def test_local_files_are_refused_by_default(block: dict[str, Any]) -> None:
+    with pytest.raises(MediaAccessError, match=r"image content block 'gone'.*refused.*media_root"):
         _read(block)
 
 
 def test_a_folder_is_not_a_file(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match=r"'folder'.* is not a file"):
-        _read({"type": "video", "id": "folder", "path": str(tmp_path)})
+        _read({"type": "video", "id": "folder", "path": str(tmp_path)}, root=tmp_path)
 
 
 def test_duplicate_media_ids_are_refused() -> None:

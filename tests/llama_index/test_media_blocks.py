@@ -30,7 +30,8 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.schema import ImageNode, MediaResource, Node, NodeWithScore, QueryBundle, TextNode
 
 from omnitrace_core import FinalEvent, InvalidInputError, SentenceEvent, TextDelta, TextSource, TracerConfig
-from omnitrace_core.errors import MediaError, UnsupportedModalityError
+from omnitrace_core.errors import MediaAccessError, MediaError, UnsupportedModalityError
+from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaSource
 from omnitrace_integrations.llama_index import OmniTraceCitationQueryEngine, OmniTraceLLM
 from omnitrace_integrations.llama_index.llm import media_location_info
@@ -54,8 +55,10 @@ def _user(*blocks: Any) -> list[ChatMessage]:
     return [ChatMessage(role=MessageRole.USER, blocks=[*blocks, TextBlock(text=QUESTION)])]
 
 
-def _sources(*blocks: Any) -> list[Any]:
-    return parse_messages(_user(*blocks)).prepared.sources
+def _sources(*blocks: Any, root: Path | None = None) -> list[Any]:
+    """Sources of a user message holding ``blocks`` (local files allowed from ``root`` when given)."""
+    policy = LocalMediaPolicy.create(media_root=root) if root is not None else NO_LOCAL_FILES
+    return parse_messages(_user(*blocks), policy).prepared.sources
 
 
 @pytest.fixture()
@@ -95,9 +98,10 @@ def test_paths_file_urls_and_data_urls(png_file: Path, tmp_path: Path) -> None:
         ImageBlock(path=png_file),
         AudioBlock(url=wav.as_uri()),
         VideoBlock(url="data:video/mp4;base64," + base64.b64encode(MP4).decode()),
+        root=tmp_path,
     )
-    assert (Path(by_path.path), by_path.data, by_path.mime_type) == (png_file, None, "image/png")
-    assert (Path(by_file_url.path), by_file_url.url) == (wav, wav.as_uri())
+    assert (Path(by_path.path), by_path.data, by_path.mime_type) == (png_file.resolve(), None, "image/png")
+    assert (Path(by_file_url.path), by_file_url.url) == (wav.resolve(), wav.as_uri())
     assert (by_data_url.data, by_data_url.mime_type, by_data_url.url) == (MP4, "video/mp4", None)
 
 
@@ -119,8 +123,9 @@ def test_media_ids_are_numbered_across_messages_and_avoid_taken_ids() -> None:
 
 
 def test_citable_image_takes_the_blocks_source_and_title(png_file: Path) -> None:
-    (fig,) = _sources(CitableBlock(source="fig1", title="Figure 1", content=[ImageBlock(path=png_file)]))
-    assert (fig.id, fig.title, fig.modality, Path(fig.path)) == ("fig1", "Figure 1", "image", png_file)
+    block = CitableBlock(source="fig1", title="Figure 1", content=[ImageBlock(path=png_file)])
+    (fig,) = _sources(block, root=png_file.parent)
+    assert (fig.id, fig.title, fig.modality, Path(fig.path)) == ("fig1", "Figure 1", "image", png_file.resolve())
     caption, image = _sources(
         CitableBlock(source="fig2", title="Figure 2", content=[TextBlock(text="Sales rise."), ImageBlock(image=PNG)])
     )
@@ -151,7 +156,7 @@ def test_the_same_image_twice_is_kept_once_and_a_different_one_refused() -> None
             ImageBlock(url="http://example.com/a.png"),
             UnsupportedContentError,
             r"image block 'image-1' has only a remote url \('http://example.com/a.png'\): nothing is downloaded; "
-            r"pass a local file",
+            r"pass the bytes themselves",
         ),
         (AudioBlock(url="https://example.com/a.wav"), UnsupportedContentError, "'audio-1' has only a remote url"),
         (VideoBlock(url="s3://bucket/v.mp4"), UnsupportedContentError, "'video-1' has only a remote url"),
@@ -160,7 +165,11 @@ def test_the_same_image_twice_is_kept_once_and_a_different_one_refused() -> None
             InvalidInputError,
             "image block 'image-1': the data is not valid base64",
         ),
-        (ImageBlock(url="file:///no/such/dir/a.png"), MediaError, r"'image-1': file '/no/such/dir/a.png' not found"),
+        (
+            ImageBlock(url="file:///no/such/dir/a.png"),
+            MediaAccessError,
+            r"'image-1': local path '/no/such/dir/a.png' refused: local files in messages are refused by default",
+        ),
         (ImageBlock(), InvalidInputError, "image block 'image-1' has no content"),
         (
             ImageBlock(image=PNG, image_mimetype="audio/wav"),
@@ -180,7 +189,7 @@ def test_a_block_whose_file_went_away_is_named(tmp_path: Path) -> None:
     block = AudioBlock(path=path)  # LlamaIndex checks the path exists when the block is built
     path.unlink()
     with pytest.raises(MediaError, match=r"audio block 'audio-1': file '.*gone.wav' not found"):
-        _sources(block)
+        _sources(block, root=tmp_path)
 
 
 def test_corrupted_block_bytes_are_named() -> None:
@@ -271,7 +280,7 @@ class RecordingTracer:
 
 def test_llm_hands_media_to_the_core_and_citation_blocks_locate(png_file: Path) -> None:
     tracer = RecordingTracer()
-    llm = OmniTraceLLM(tracer=tracer, tracer_config=TracerConfig(audio_fallback="asr"))
+    llm = OmniTraceLLM(tracer=tracer, tracer_config=TracerConfig(audio_fallback="asr"), media_root=str(png_file.parent))
     response = llm.chat(_user(ImageBlock(path=png_file), AudioBlock(audio=WAV, format="wav")))
     (call,) = tracer.calls
     # the model sees short labels; the caller's ids come back in every result

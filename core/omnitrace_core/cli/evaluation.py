@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 
 from omnitrace_core.cli.tracing import make_tracer
-from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.errors import InvalidInputError, OmniTraceError
 from omnitrace_core.evaluation.baselines import BASELINES
-from omnitrace_core.evaluation.bench import predict_rows, read_rows
+from omnitrace_core.evaluation.bench import completed_ids, numbered_rows, predict_rows
 from omnitrace_core.evaluation.data import load_dataset, load_predictions
 from omnitrace_core.evaluation.methods import DEFAULT_METHODS, METHODS
 from omnitrace_core.evaluation.metrics import score_by_task
@@ -45,7 +45,7 @@ def predict(
     ] = None,
     correction: Annotated[str | None, typer.Option(help="Bias correction: none|prompt|running|both")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows")] = None,
-    max_new_tokens: Annotated[int, typer.Option()] = 128,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     asr: Annotated[
         bool, typer.Option("--asr", help="Transcribe audio sources offline (text models)")
@@ -53,43 +53,88 @@ def predict(
     rerank: Annotated[
         bool, typer.Option("--rerank", help="Re-rank attention votes by embedding similarity (opt-in)")
     ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep the rows already in OUT (interrupted run), do the rest")
+    ] = False,
 ) -> None:
     """Answer every dataset row and write one prediction row each (scorable by score.py).
 
-    Media sources' ``path``s are read relative to the dataset file.
+    Media sources' ``path``s are read relative to the dataset file. A bad row is named
+    (file:line) and skipped, and the exit code is then 1. Interrupted (Ctrl-C)? Rerun with
+    ``--resume``: rows already in OUT are kept and not answered again.
     """
     from rich.progress import Progress
 
     try:
-        rows = list(read_rows(data))
+        if limit is not None and limit < 1:
+            raise InvalidInputError(f"--limit must be >= 1, got {limit}")
+        _check_output_file(out, "--out")
+        numbered = list(numbered_rows(data))
+        if not numbered:
+            raise InvalidInputError(f"{data}: no rows (the file is empty)")
         tracer = make_tracer(
             model,
             signal,
             correction,
-            threads or int(os.environ.get("OMNITRACE_THREADS", "0")),
+            threads or _env_threads(),
             asr=asr,
             rerank=rerank,
         )
     except OmniTraceError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {_one_line(exc)}")
         raise typer.Exit(2) from exc
     if limit is not None:
-        rows = rows[:limit]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f, Progress(console=err) as progress:
-        task = progress.add_task("predict", total=len(rows))
-        _, failures = predict_rows(
-            tracer,
-            rows,
-            f,
-            base_dir=data.parent,
-            max_new_tokens=max_new_tokens,
-            on_row=lambda: progress.advance(task),
-            on_problem=err.print,
-        )
-    err.print(f"wrote {len(rows) - failures} predictions to {out} ({failures} rows skipped)")
+        numbered = numbered[:limit]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        done = completed_ids(out) if resume else set()
+        handle = out.open("a" if resume else "w", encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write {out}: {exc.strerror or exc}")
+        raise typer.Exit(2) from exc
+    written = failures = 0
+    try:
+        with handle as f, Progress(console=err) as progress:
+            task = progress.add_task("predict", total=len(numbered))
+            written, failures = predict_rows(
+                tracer,
+                numbered,
+                f,
+                base_dir=data.parent,
+                max_new_tokens=max_new_tokens,
+                on_row=lambda: progress.advance(task),
+                on_problem=err.print,
+                where=str(data),
+                skip_ids=done,
+            )
+    except KeyboardInterrupt as exc:
+        kept = len(completed_ids(out))
+        err.print(f"interrupted: {kept} predictions in {out}; rerun with --resume to continue")
+        raise typer.Exit(130) from exc
+    resumed = f", {len(done)} kept from the interrupted run" if done else ""
+    err.print(f"wrote {written} predictions to {out} ({failures} rows skipped{resumed})")
     if failures:
         raise typer.Exit(1)
+
+
+def _env_threads() -> int:
+    value = os.environ.get("OMNITRACE_THREADS", "0")
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidInputError(f"OMNITRACE_THREADS={value!r}: must be a whole number") from exc
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """An output file path: not a folder, and its parent (if it exists) a folder."""
+    if path.is_dir():
+        raise InvalidInputError(f"{option} {path} is a folder: give a file path (e.g. {path}/pred.jsonl)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InvalidInputError(f"{option} {path}: {path.parent} is not a folder")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @app.command("score")
@@ -160,6 +205,9 @@ def eval_command(
     """Attribute the same responses with every method and baseline, score them per task, write a report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if out.exists() and not out.is_dir():
+        err.print(f"[red]error:[/red] --out {out} is a file: eval writes a folder (predictions, metrics)")
+        raise typer.Exit(2)
     if method is None and baseline is None:
         method, baseline = list(DEFAULT_METHODS), list(BASELINES)
     settings = EvalSettings(
@@ -180,8 +228,8 @@ def eval_command(
 
         try:
             report = evaluate(data, out, baseline or [], pred, limit, seed, progress, method or [], settings)
-        except (OmniTraceError, ImportError, ConnectionError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
+        except (OmniTraceError, ImportError, ConnectionError, OSError) as exc:
+            err.print(f"[red]error:[/red] {_one_line(exc)}")
             raise typer.Exit(2) from exc
     for p in report["input_problems"]:
         err.print(f"[yellow]skipped:[/yellow] {p}")

@@ -156,20 +156,43 @@ def demo(
 
 
 def _load_sources(path: Path) -> list[Source]:
+    """A JSON list (or ``{"sources": [...]}``) or JSONL of sources; errors name file and line."""
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes().decode("utf-8").removeprefix("\ufeff")  # a BOM is not content
     except UnicodeDecodeError as exc:
-        raise OmniTraceError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise InvalidInputError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
-        raise OmniTraceError(f"cannot read {path}: {exc}") from exc
-    try:
-        data = json.loads(raw)
-        items = data if isinstance(data, list) else data["sources"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        items = [json.loads(line) for line in raw.splitlines() if line.strip()] if raw.strip() else []
+        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not raw.strip():
+        raise InvalidInputError(f"{path}: the file is empty (expected a JSON list or JSONL of sources)")
+    stripped = raw.lstrip()
+    if stripped.startswith("[") or (stripped.startswith("{") and "\n{" not in stripped.rstrip()):
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(
+                f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
+            ) from exc
+        if isinstance(data, dict) and "sources" in data:
+            data = data["sources"]
+        items = data if isinstance(data, list) else [data]
+    else:  # JSONL: one source per line; lines end at \n only (U+2028 may sit inside a string)
+        items = []
+        for number, line in enumerate(raw.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(
+                    f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from exc
     from omnitrace_core.sources import validate_sources
 
-    return validate_sources(items)  # drops unknown fields, rejects non-text modalities by name
+    try:
+        return validate_sources(items)  # drops unknown fields, rejects non-text modalities by name
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{path}: {exc}") from exc
 
 
 @app.command()
@@ -186,7 +209,7 @@ def run(
     signal: Annotated[
         str | None, typer.Option(help="Signal (default: the model's: learned where calibrated, else attmean)")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON")] = False,
 ) -> None:
     """Answer a question over your sources (text, image, audio, video) with per-sentence citations."""
@@ -198,7 +221,7 @@ def run(
         tracer = make_tracer(model, signal, asr=asr)
         answer = tracer.generate(srcs, question, max_new_tokens=max_new_tokens)
     except OmniTraceError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {' '.join(str(exc).split())}")
         raise typer.Exit(2) from exc
     if as_json:
         print(answer.model_dump_json(indent=1))

@@ -174,7 +174,7 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     """
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").split("\n")
+        lines = p.read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read calibration prompts {p}: {exc}") from exc
     rows: list[dict[str, Any]] = []

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from omnitrace_core.errors import OmniTraceError
+from omnitrace_core.evaluation.bench import TASKS
 from omnitrace_core.evaluation.metrics import prediction_problems
 
-#: Task types of the shared benchmark format (``../shared/bench/README.md``).
-TASKS = ("qa_single", "qa_multi", "summary", "mcq", "teacher_forced")
 _GOLD_TASKS = ("qa_single", "qa_multi", "mcq")
 
 
@@ -148,7 +147,7 @@ def load_predictions(
         EvalInputError: the file cannot be read.
     """
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is not part of line 1
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalInputError(f"cannot read predictions {path}: {exc}") from exc
     preds: dict[str, dict[str, Any]] = {}

@@ -75,11 +75,16 @@ class VideoInfo:
 def describe(source: MediaInput) -> str:
     """How errors name a media input: its source id and path (or its size, for bytes)."""
     if isinstance(source, MediaSource):
-        where = repr(str(source.path)) if source.path is not None else f"{len(source.data or b'')} bytes"
+        size = f"{len(source.data or b'')} bytes"
+        where = repr(_short(str(source.path))) if source.path is not None else size
         return f"{source.modality} source {source.id!r} ({where})"
     if isinstance(source, bytes):
         return f"media data ({len(source)} bytes)"
-    return repr(str(source))
+    return repr(_short(str(source)))
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _open_input(source: MediaInput) -> str | BinaryIO:
@@ -90,11 +95,21 @@ def _open_input(source: MediaInput) -> str | BinaryIO:
             raise MediaError(f"{describe(source)} is empty (0 bytes)")
         return io.BytesIO(data)
     path = Path(str(source.path if isinstance(source, MediaSource) else source))
-    if not path.exists():
-        raise MediaError(f"{describe(source)}: file not found (resolved to {str(path.resolve())!r})")
-    if not path.is_file():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+        size = path.stat().st_size if is_file else 0
+    except (OSError, ValueError) as exc:  # a symlink loop, a name too long, a NUL byte...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MediaError(f"{describe(source)}: cannot be opened ({reason})") from exc
+    if not exists:
+        try:
+            where = str(path.resolve())
+        except (OSError, RuntimeError, ValueError):  # a symlink loop cannot be resolved
+            where = str(path.absolute())
+        raise MediaError(f"{describe(source)}: file not found (resolved to {where!r})")
+    if not is_file:
         raise MediaError(f"{describe(source)}: not a file")
-    if path.stat().st_size == 0:
+    if size == 0:
         raise MediaError(f"{describe(source)} is empty (0 bytes)")
     return str(path)
 

@@ -180,7 +180,7 @@ class OmniPromptBuilder:
             )
         else:
             text = (system_prompt + "\n\n" if system_prompt else "") + message.text + "\nAnswer: "
-        user_at = text.find(message.text)
+        user_at = text.rfind(message.text)  # the last message: not a quote of it in the system prompt
         if user_at < 0:
             raise InvalidInputError("the chat template altered the user message; cannot locate the sources")
         return text, user_at

@@ -43,9 +43,14 @@ def _open_bytes(src: MediaSource) -> BinaryIO:
         return io.BytesIO(src.data)
     assert src.path is not None  # MediaSource guarantees one of them
     path = Path(src.path).expanduser()
-    if not path.is_file():
-        raise MediaError(f"{src.modality} source {src.id!r}: file {str(path)!r} does not exist")
-    return path.open("rb")
+    try:
+        if not path.is_file():
+            raise MediaError(f"{src.modality} source {src.id!r}: file {str(path)[:200]!r} does not exist")
+        return path.open("rb")
+    except OSError as exc:  # a symlink loop, a name too long, permissions
+        raise MediaError(
+            f"{src.modality} source {src.id!r}: cannot open {str(path)[:200]!r} ({exc.strerror})"
+        ) from exc
 
 
 def load_image(src: MediaSource) -> Any:
