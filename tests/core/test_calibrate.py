@@ -17,6 +17,7 @@ from omnitrace_core.evaluation.calibrate import (
     collect_example,
     dependent_sources,
     fit_head_weights,
+    part_matches,
     parts_dir,
     read_prompts,
 )
@@ -94,6 +95,22 @@ def test_calibrate_writes_a_loadable_calibration_and_resumes(tmp_path, tiny_mode
     finally:
         handle.remove()
     assert passes == []
+    # other settings: the saved parts are not mixed in (16-mask and 32-mask parts cannot be fitted
+    # together); every prompt is collected again
+    again, _ = calibrate(tracer, ROWS, out, CalibrationSettings(k=4, seed=0, choose_defaults=False))
+    assert again.fit["masks_per_prompt"] == 4 and again.fit["prompts"] == 4
+    parts = [torch.load(p, weights_only=False) for p in parts_dir(out).glob("*.pt")]
+    assert {int(p["masks"].shape[0]) for p in parts} == {4}
+
+
+def test_parts_from_other_settings_are_refused():
+    part = {"masks": torch.ones(16, 3)}  # written before the settings were stored
+    assert part_matches(part, CalibrationSettings(k=16))
+    assert not part_matches(part, CalibrationSettings(k=32))
+    stored = {"masks": torch.ones(8, 3), "settings": {"k": 8, "seed": 0, "max_new_tokens": 48}}
+    assert part_matches(stored, CalibrationSettings(k=8))
+    assert not part_matches(stored, CalibrationSettings(k=8, seed=1))
+    assert part_matches({"skipped": True, "id": "x"}, CalibrationSettings(k=99))
 
 
 def test_read_prompts_names_bad_lines(tmp_path):

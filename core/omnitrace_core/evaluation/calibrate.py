@@ -139,6 +139,10 @@ class Example:
             "seconds": self.seconds,
         }
 
+    def to_part(self, settings: CalibrationSettings) -> dict[str, Any]:
+        """:meth:`to_dict` plus the settings that produced it (a resumed run checks them)."""
+        return {**self.to_dict(), "settings": _part_settings(settings)}
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Example:
         return cls(
@@ -488,6 +492,24 @@ class CalibrationSettings:
     choose_defaults: bool = True
 
 
+def _part_settings(s: CalibrationSettings) -> dict[str, int]:
+    return {"k": s.k, "seed": s.seed, "max_new_tokens": s.max_new_tokens}
+
+
+def part_matches(part: Mapping[str, Any], settings: CalibrationSettings) -> bool:
+    """True if a saved part was collected under ``settings`` (else the prompt is redone).
+
+    Parts written before the settings were stored carry only their masks: their count must be
+    ``k`` (a run with another ``--k`` once left 16-mask parts next to 32-mask ones, which cannot
+    be fitted together)."""
+    if part.get("skipped"):
+        return True
+    stored = part.get("settings")
+    if stored is not None:
+        return bool(stored == _part_settings(settings))
+    return int(part["masks"].shape[0]) == settings.k
+
+
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
@@ -521,7 +543,7 @@ class CollectWorkerFactory:
 
         def work(row: Row) -> dict[str, Any]:
             ex = collect_example(tracer, row, k=s.k, seed=s.seed, max_new_tokens=s.max_new_tokens)
-            return ex.to_dict() if ex is not None else {"skipped": True, "id": row["id"]}
+            return ex.to_part(s) if ex is not None else {"skipped": True, "id": row["id"]}
 
         return work
 
@@ -542,9 +564,11 @@ def collect_all(
     workers: int = 1,
     address: str | None = None,
     progress: Callable[[], None] = lambda: None,
+    accept: Callable[[Mapping[str, Any]], bool] = lambda part: True,
 ) -> tuple[list[Example], list[str]]:
     """Every prompt's example, reusing ``parts`` (resumable); rows run on ``engine``.
 
+    A saved part that ``accept`` refuses (collected under other settings) is redone.
     Returns the examples (in row order) and one named problem per failed prompt.
     """
     from omnitrace_core.evaluation.engines import map_rows
@@ -556,11 +580,14 @@ def collect_all(
         path = _part_path(parts, str(row["id"]))
         if path.is_file():
             try:
-                saved[str(row["id"])] = torch.load(path, weights_only=False)
+                part = torch.load(path, weights_only=False)
+            except Exception:  # a part cut short by an interrupted run: redo that prompt
+                part = None
+            if part is not None and accept(part):
+                saved[str(row["id"])] = part
                 progress()
                 continue
-            except Exception:  # a part cut short by an interrupted run: redo that prompt
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         todo.append(dict(row))
     problems: list[str] = []
     for outcome in map_rows(todo, make_worker, engine=engine, workers=workers, address=address):
@@ -603,7 +630,14 @@ def calibrate(
         tracer.loaded.name, s, threads, tracer=tracer if engine == "local" else None
     )
     examples, problems = collect_all(
-        rows, parts_dir(out), factory, engine=engine, workers=workers, address=address, progress=progress
+        rows,
+        parts_dir(out),
+        factory,
+        engine=engine,
+        workers=workers,
+        address=address,
+        progress=progress,
+        accept=lambda part: part_matches(part, s),
     )
     if len(examples) < 2:
         raise InvalidInputError(
