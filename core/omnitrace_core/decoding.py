@@ -118,6 +118,21 @@ class Grammar(BaseModel):
         return cls(kind="regex", text=pattern)
 
 
+def close_objects(schema: Any) -> Any:
+    """A copy of a JSON schema whose objects allow only their listed properties (where the
+    schema says nothing about ``additionalProperties``). Pydantic models and tool signatures
+    leave it open; under a grammar an open object lets a model invent keys until the token
+    limit, while the parsers ignore or reject them anyway."""
+    if isinstance(schema, list):
+        return [close_objects(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: close_objects(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _llguidance() -> Any:
     try:
         import llguidance
@@ -155,7 +170,9 @@ def grammar_source(grammar: Grammar) -> str:
     llg = _llguidance()
     if grammar.kind == "json_schema":
         return str(
-            llg.LLMatcher.grammar_from_json_schema(grammar.text, defaults={"whitespace_flexible": False})
+            llg.LLMatcher.grammar_from_json_schema(
+                grammar.text, defaults={"whitespace_flexible": False, "lenient": True}
+            )
         )
     if grammar.kind == "lark":
         return str(llg.LLMatcher.grammar_from_lark(grammar.text))

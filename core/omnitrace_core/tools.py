@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from omnitrace_core.decoding import Grammar
+from omnitrace_core.decoding import Grammar, close_objects
 from omnitrace_core.errors import InvalidInputError
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -133,9 +133,11 @@ def resolve_choice(tools: Sequence[ToolSpec], choice: str | None) -> str:
 def _call_schema(tool: ToolSpec) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+        "properties": {"name": {"const": tool.name}, "arguments": close_objects(tool.parameters)},
         "required": ["name", "arguments"],
         "additionalProperties": False,
+        # compact JSON: no free whitespace a model could loop on; unknown keywords ignored
+        "x-guidance": {"whitespace_flexible": False, "lenient": True},
     }
 
 

@@ -514,7 +514,7 @@ class Tracer:
             mode="generate",
             prompt_tokens=len(layout.input_ids),
             generated_tokens=steps,
-            finish_reason="stop" if kept.stopped else out.finish,  # type: ignore[arg-type]
+            finish_reason="stop" if kept.stopped else out.finish,
             config=cfg.model_dump(mode="json"),
             timings={"total_s": time.perf_counter() - t0},
         )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -18,11 +20,20 @@ from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_cu
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.exceptions import OutputParserException
+from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.decoding import close_objects, validate_stops
 from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.tools import resolve_choice, tool_call_grammar
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
     answer_metadata,
@@ -40,8 +51,45 @@ from omnitrace_integrations.langchain.engine import (
     traced_events,
 )
 from omnitrace_integrations.langchain.messages import ChatRequest, read_messages
+from omnitrace_integrations.langchain.tools import (
+    choice_name,
+    conversation_turns,
+    tool_call_chunks,
+    tool_call_message_fields,
+    tool_specs,
+)
 
 logger = logging.getLogger("omnitrace.langchain")
+
+
+def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
+    """A JSON schema for a pydantic class, TypedDict, JSON schema or OpenAI tool dict."""
+    if isinstance(schema, dict) and schema.get("type") == "function" and "function" in schema:
+        return dict(schema["function"].get("parameters") or {"type": "object"})
+    if isinstance(schema, dict) and "parameters" in schema and "name" in schema:
+        return dict(schema["parameters"])
+    out = convert_to_json_schema(schema)
+    return {k: v for k, v in out.items() if k not in ("title", "description")} | (
+        {"title": out["title"]} if "title" in out else {}
+    )
+
+
+def _require_complete(message: AIMessage) -> AIMessage:
+    """Structured output is parsed only from a complete reply: a reply the token limit cut is
+    refused (a partial JSON object would otherwise parse into a wrong, partial result)."""
+    if message.response_metadata.get("finish_reason") == "length":
+        raise OutputParserException(
+            "the structured reply was cut by the token limit before it was complete: raise max_tokens",
+            llm_output=message.text,
+        )
+    return message
+
+
+def _with_system(turns: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """``turns`` with ``text`` added to the system turn (one is made if there is none)."""
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": f"{turns[0]['content']}\n{text}"}, *turns[1:]]
+    return [{"role": "system", "content": text}, *turns]
 
 #: Name of the custom callback event announcing a completed sentence and its citations.
 CITATION_EVENT = "omnitrace_citation"
@@ -164,6 +212,111 @@ class ChatOmniTrace(BaseChatModel):
                     )
         return self.tracer
 
+    # -- tools and structured output -------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: the model may call them (``tool_choice="auto"``, the default), must call
+        one (``"any"`` / ``"required"``), must call a named one, or none (``"none"``).
+
+        The call is decoded under a grammar (the ``structured`` extra), so it always parses into
+        ``AIMessage.tool_calls`` with arguments valid for the tool's schema;
+        ``parallel_tool_calls`` allows several calls in one reply. Tools are shown through the
+        model's chat template when it takes ``tools`` (Qwen2.5), otherwise through a fallback
+        system text (SmolLM2; ``omnitrace_core.tools.FALLBACK_TOOL_PROMPT``). Once the input
+        holds tool results, ``auto`` answers from them and cites them (``ToolMessage`` ->
+        source named by the tool and call id); a forced choice calls again.
+
+        Raises:
+            InvalidInputError: a tool that is not a function schema, or an unknown tool_choice.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        specs = tool_specs(formatted)
+        if tool_choice is not None:
+            resolve_choice(specs, choice_name(tool_choice))  # fail now, naming the problem
+        return super().bind(
+            tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, **kwargs
+        )
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers parsed into ``schema`` (a pydantic class, TypedDict, JSON schema or tool).
+
+        ``json_schema`` (default): the reply is decoded under the schema's grammar and parsed;
+        ``function_calling``: the schema is bound as a tool the model must call; ``json_mode``:
+        any JSON object (``schema`` optional). With sources the JSON answer is traced like any
+        other (``include_raw=True`` keeps the raw message and its citations).
+        """
+        if kwargs:
+            raise InvalidInputError(f"unsupported arguments for with_structured_output: {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidInputError("method='function_calling' needs a schema")
+            tool_name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=tool_name,
+                parallel_tool_calls=False,
+                strict=strict,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser: Runnable[Any, Any] = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema" and schema is None:
+                raise InvalidInputError("method='json_schema' needs a schema (or use method='json_mode')")
+            if schema is None:
+                json_schema: dict[str, Any] = {"type": "object"}
+                instruction = "Reply with one JSON object only."
+            else:
+                json_schema = _json_schema(schema)
+                instruction = (
+                    "Reply with one JSON object only, matching this JSON schema:\n"
+                    + json.dumps(json_schema, ensure_ascii=False)
+                )
+            if method == "json_mode":
+                json_schema = {"type": "object"}
+            llm = self.bind(
+                grammar=Grammar.json_schema(close_objects(json_schema)),
+                format_instruction=instruction,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        else:
+            raise InvalidInputError(
+                f"method {method!r} is not one of 'json_schema', 'function_calling', 'json_mode'"
+            )
+        parser = RunnableLambda(_require_complete) | parser
+        if include_raw:
+            parser_assign = RunnablePassthrough.assign(
+                parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+            )
+            parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+            with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
+            return RunnableMap(raw=llm) | with_fallback
+        return llm | parser
+
     # -- request ----------------------------------------------------------------------------
     def _prepare(
         self,
@@ -171,44 +324,73 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None,
         kwargs: dict[str, Any],
         cancel: threading.Event,
-    ) -> tuple[ChatRequest, Any]:
-        """Read the messages and build a zero-argument event iterator factory."""
+    ) -> tuple[ChatRequest, Any, bool]:
+        """Read the messages and build a zero-argument event iterator factory.
+
+        Returns the request, the factory, and whether the reply is a tool-call turn (its text
+        is then parsed into ``tool_calls``).
+        """
         kwargs = dict(kwargs)
         sources = kwargs.pop("sources", None)
         call_config = kwargs.pop("tracer_config", None)
+        tools = tool_specs(kwargs.pop("tools", None))
+        choice = resolve_choice(tools, choice_name(kwargs.pop("tool_choice", None))) if tools else "none"
+        parallel = bool(kwargs.pop("parallel_tool_calls", True))
+        kwargs.pop("ls_structured_output_format", None)
+        grammar = kwargs.pop("grammar", None)
+        instruction = kwargs.pop("format_instruction", None)
         if kwargs.get("model") not in (None, self.model_name):
             raise InvalidInputError(
                 f"per-call model override ({kwargs['model']!r}) is not supported: the model is fixed "
                 f"at construction ({self.model_name!r}); create another ChatOmniTrace"
             )
         kwargs.pop("model", None)
-        request = read_messages(messages, sources)
+        request = read_messages(messages, sources, require_question=False)
         tracer = self.get_tracer()
         gen = self._generation_kwargs(tracer, stop, kwargs)
         gen.update(cancel_kwargs(cancel))
+        # A tool turn: tools are bound and either a call is forced or there is no tool result
+        # yet to answer from. Once results are in, ``auto`` answers from them, citing them.
+        tool_turn = bool(tools) and choice != "none" and (choice != "auto" or not request.sources)
+        if tool_turn:
+            gen["grammar"] = tool_call_grammar(tools, choice, parallel)
+            turns = conversation_turns(messages)
+            if instruction:
+                turns = _with_system(turns, instruction)
+
+            def make() -> Iterator[Event]:
+                return plain_events(tracer, turns, gen, tools, parallel)
+
+            return request, make, True
+        if grammar is not None:
+            gen["grammar"] = grammar
         if request.sources:
+            if not request.question:
+                raise InvalidInputError("no question: the messages contain no human text to answer")
             base = (
                 call_config
                 or self.tracer_config
                 or getattr(tracer, "config", None)
                 or TracerConfig()
             )
+            extra = "\n".join(x for x in (request.system, instruction) if x)
             cfg = base
-            if request.system:
-                cfg = base.model_copy(
-                    update={"system_prompt": f"{base.system_prompt}\n{request.system}"}
-                )
+            if extra:
+                cfg = base.model_copy(update={"system_prompt": f"{base.system_prompt}\n{extra}"})
 
             def make() -> Iterator[Event]:
                 return traced_events(tracer, request.sources, request.question, cfg, gen)
 
         else:
             logger.info("no sources in the input: answering without citations")
+            turns = conversation_turns(messages)
+            if instruction:
+                turns = _with_system(turns, instruction)
 
             def make() -> Iterator[Event]:
-                return plain_events(tracer, request.turns, gen)
+                return plain_events(tracer, turns, gen)
 
-        return request, make
+        return request, make, False
 
     def _generation_kwargs(
         self, tracer: Any, stop: list[str] | None, kwargs: dict[str, Any]
@@ -223,11 +405,10 @@ class ChatOmniTrace(BaseChatModel):
         if temperature:
             gen["do_sample"] = True
             gen["temperature"] = float(temperature)
-        stops = list(stop or kwargs.pop("stop", None) or self.stop or [])
+        stops = validate_stops(stop or kwargs.pop("stop", None) or self.stop)
         kwargs.pop("stop", None)
         if stops:
-            gen["stop_strings"] = stops
-            gen["tokenizer"] = tracer.tokenizer
+            gen["stop"] = stops
         if self.timeout is not None:
             gen["max_time"] = float(self.timeout)
         for key in list(kwargs):
@@ -237,7 +418,8 @@ class ChatOmniTrace(BaseChatModel):
         if kwargs:
             raise InvalidInputError(
                 f"unsupported keyword argument(s) for ChatOmniTrace: {', '.join(sorted(kwargs))} "
-                "(tool calling and structured output are not supported)"
+                "(supported: sources, tracer_config, max_tokens, temperature, stop, tools, tool_choice, "
+                f"parallel_tool_calls, {', '.join(sorted(_GENERATION_KWARGS))})"
             )
         if "seed" in gen:
             import torch
@@ -260,7 +442,18 @@ class ChatOmniTrace(BaseChatModel):
             return answer_metadata(outcome.answer)
         return {"model_name": outcome.model, "finish_reason": outcome.finish_reason}
 
-    def _message(self, outcome: Outcome) -> AIMessage:
+    def _message(self, outcome: Outcome, tool_turn: bool = False) -> AIMessage:
+        if tool_turn:
+            parsed, fields = tool_call_message_fields(outcome.text)
+            content: list[Any] = (
+                [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
+            )
+            return AIMessage(
+                content=content,
+                usage_metadata=self._usage(outcome),
+                response_metadata=self._metadata(outcome),
+                **fields,
+            )
         if outcome.answer is not None:
             block = answer_text_block(outcome.answer)
         else:
@@ -269,6 +462,28 @@ class ChatOmniTrace(BaseChatModel):
             content=[block],
             usage_metadata=self._usage(outcome),
             response_metadata=self._metadata(outcome),
+        )
+
+    def _tool_turn_chunks(self, outcome: Outcome) -> Iterator[ChatGenerationChunk]:
+        """A tool turn streams as one chunk: its text (if any) and whole tool-call chunks."""
+        parsed, fields = tool_call_message_fields(outcome.text)
+        content: list[Any] = (
+            [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
+        )
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=content,
+                tool_call_chunks=tool_call_chunks(parsed),
+                invalid_tool_calls=fields["invalid_tool_calls"],
+            )
+        )
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=[],
+                usage_metadata=self._usage(outcome),
+                response_metadata=self._metadata(outcome),
+                chunk_position="last",
+            )
         )
 
     # -- teacher-forced ---------------------------------------------------------------------
@@ -394,7 +609,7 @@ class ChatOmniTrace(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         cancel = threading.Event()
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         outcome: Outcome | None = None
         events = make()
         try:
@@ -407,7 +622,7 @@ class ChatOmniTrace(BaseChatModel):
             cancel.set()
             events.close()
         assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
 
     def _stream(
         self,
@@ -417,11 +632,15 @@ class ChatOmniTrace(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         cancel = threading.Event()
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         emitted = False
         events = make()
         try:
             for kind, value in events:
+                if tool_turn:
+                    if kind == "final":
+                        yield from self._tool_turn_chunks(value)
+                    continue
                 if kind == "delta":
                     emitted = True
                     yield self._delta_chunk(value)
@@ -446,7 +665,7 @@ class ChatOmniTrace(BaseChatModel):
     ) -> ChatResult:
         cancel = threading.Event()
         await asyncio.to_thread(self.get_tracer)  # a first load never blocks the event loop
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         outcome: Outcome | None = None
         async for kind, value in aiter_events(make, cancel):
             if kind == "sentence":
@@ -454,7 +673,7 @@ class ChatOmniTrace(BaseChatModel):
             elif kind == "final":
                 outcome = value
         assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
 
     async def _astream(
         self,
@@ -465,11 +684,16 @@ class ChatOmniTrace(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         cancel = threading.Event()
         await asyncio.to_thread(self.get_tracer)
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         emitted = False
         events = aiter_events(make, cancel)
         try:
             async for kind, value in events:
+                if tool_turn:
+                    if kind == "final":
+                        for tool_chunk in self._tool_turn_chunks(value):
+                            yield tool_chunk
+                    continue
                 if kind == "delta":
                     emitted = True
                     yield self._delta_chunk(value)
