@@ -38,7 +38,8 @@ TOOL_CALL_CLOSE = "</tool_call>"
 #: How tools are described to a model whose chat template does not take ``tools``.
 FALLBACK_TOOL_PROMPT = (
     "You can call these tools (JSON schemas):\n{tools}\n\n"
-    "To call a tool, reply with only:\n"
+    "To call a tool, reply with only the following, taking the argument values from the user's "
+    "message:\n"
     '<tool_call>\n{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}\n</tool_call>\n'
     "{parallel}Otherwise answer the user directly."
 )
@@ -250,7 +251,8 @@ def _plain_turns(
 
 
 def parse_tool_calls(text: str) -> ParsedToolCalls:
-    """Split a reply into its text and its ``<tool_call>`` blocks."""
+    """Split a reply into its text and its ``<tool_call>`` blocks (an identical repeated call
+    counts once; a block the token limit cut is reported in ``invalid``)."""
     calls: list[ToolCall] = []
     invalid: list[tuple[str, str]] = []
     for match in _CALL_RE.finditer(text):
@@ -263,6 +265,8 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
                 args = json.loads(args)
             if not isinstance(name, str) or not isinstance(args, dict):
                 raise ValueError("'name' must be a string and 'arguments' an object")
+            if any(c.name == name and c.arguments == args for c in calls):
+                continue  # a small model may repeat the same call: it is made once
             calls.append(ToolCall(name=name, arguments=args))
         except (ValueError, KeyError, TypeError) as exc:
             invalid.append((raw, f"{type(exc).__name__}: {exc}"))

@@ -36,7 +36,6 @@ from pydantic import Field, PrivateAttr
 
 from omnitrace_core import (
     Citation,
-    ContextLengthError,
     FinalEvent,
     InvalidInputError,
     SentenceAttribution,
@@ -186,6 +185,8 @@ class OmniTraceLLM(CustomLLM):
             sources: Extra sources (nodes, ``NodeWithScore``, ``TextSource``, dicts).
             split_sources: Override ``split_sources`` for this call.
             tracer_config: Override the tracer configuration for this call.
+            stop: Stop strings: decoding ends at the first one, which is cut from the answer
+                (with everything after it); citations cover the kept text.
             **kwargs: Passed to ``model.generate`` (e.g. ``max_new_tokens``).
         """
         return self._chat(messages, **kwargs)
@@ -306,68 +307,32 @@ class OmniTraceLLM(CustomLLM):
     def _plain(
         self, parsed: ParsedMessages, system: str | None, gen: dict[str, Any]
     ) -> Generator[ChatResponse, None, None]:
-        """No sources: plain generation with the same model (nothing to attribute)."""
-        from transformers import TextIteratorStreamer
-
+        """No sources: plain generation with the same model (nothing to attribute), through
+        :meth:`Tracer.chat` (stop strings, observers and spans as for a traced call)."""
         if not parsed.turns:
             raise InvalidInputError("the messages hold no text: nothing to answer")
         tracer = self.tracer
-        tok, model = tracer.tokenizer, tracer.model
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": r if r in ("user", "assistant") else "user", "content": t} for r, t in parsed.turns]
-        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        input_ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-        defaults = tracer.config.generation
-        kwargs: dict[str, Any] = {
-            "no_repeat_ngram_size": defaults.no_repeat_ngram_size,
-            "do_sample": defaults.do_sample,
-            **gen,
-        }
-        if not kwargs.get("do_sample"):
-            for key in ("temperature", "top_p", "top_k"):
-                kwargs.setdefault(key, None)
-        window = int(tracer.loaded.context_window)
-        n_prompt, n_new = int(input_ids.shape[1]), int(kwargs["max_new_tokens"])
-        if n_prompt + n_new > window:
-            raise ContextLengthError(
-                f"prompt is {n_prompt} tokens and {n_new} new tokens are requested: "
-                f"{n_prompt + n_new} > the model's context window of {window}"
-            )
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=input_ids.new_ones(input_ids.shape),
-                    streamer=streamer,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                    **kwargs,
-                )
-            except BaseException as exc:
-                failure.append(exc)
-                streamer.end()
 
         def run() -> Generator[ChatResponse, None, None]:
-            worker = threading.Thread(target=work, name="omnitrace-llamaindex-plain", daemon=True)
-            worker.start()
             text = ""
-            for piece in streamer:
-                if piece:
-                    text += piece
-                    yield ChatResponse(message=_message(text, []), delta=piece)
-            worker.join()
-            if failure:
-                raise failure[0]
-            yield ChatResponse(
-                message=_message(text, []),
-                delta="",
-                additional_kwargs={
-                    "omnitrace": None,
-                    "omnitrace_notes": [*parsed.prepared.notes, NO_SOURCES_NOTE],
-                },
-            )
+            for event in tracer.chat(chat, **gen):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    yield ChatResponse(message=_message(text, []), delta=event.text)
+                elif isinstance(event, FinalEvent):
+                    yield ChatResponse(
+                        message=_message(event.answer.text, []),
+                        delta="",
+                        additional_kwargs={
+                            "omnitrace": None,
+                            "omnitrace_notes": [*parsed.prepared.notes, NO_SOURCES_NOTE],
+                            "finish_reason": event.answer.finish_reason,
+                            "prompt_tokens": event.answer.prompt_tokens,
+                            "completion_tokens": event.answer.generated_tokens,
+                        },
+                    )
 
         return run()
 

@@ -173,3 +173,23 @@ def test_instrumentation_sees_a_span_and_an_event_per_sentence(fake_tracer: Fake
     closed = {s.id_: s for s in spans.completed_spans}
     assert span_id in closed and closed[span_id].parent_id is not None  # nested in the chat span
     assert closed[span_id].parent_id.startswith("OmniTraceLLM.chat-")  # type: ignore[union-attr]
+
+
+def test_stop_is_accepted_and_trims_the_answer(tiny_tracer):
+    """chat(stop=...) ends at the stop string, cuts it, with and without sources."""
+    from llama_index.core.base.llms.types import ChatMessage
+
+    from omnitrace_integrations.llama_index import OmniTraceLLM
+
+    llm = OmniTraceLLM(tracer=tiny_tracer, max_new_tokens=20)
+    msgs = [ChatMessage(role="user", content="hello there")]
+    plain = llm.chat(msgs).message.content
+    stop = plain[6:9]
+    cut = llm.chat(msgs, stop=[stop])
+    assert cut.message.content == plain[: plain.find(stop)]
+    assert cut.additional_kwargs["finish_reason"] == "stop"
+    traced = llm.chat(msgs, sources=[{"id": "d", "text": "The lighthouse stands 42 metres tall."}])
+    text = traced.raw.text
+    stop2 = text[len(text) // 2 : len(text) // 2 + 3]
+    cut2 = llm.chat(msgs, sources=[{"id": "d", "text": "The lighthouse stands 42 metres tall."}], stop=stop2)
+    assert cut2.raw.text == text[: text.find(stop2)] and cut2.raw.finish_reason == "stop"
