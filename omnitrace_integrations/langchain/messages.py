@@ -49,7 +49,7 @@ logger = logging.getLogger("omnitrace.langchain")
 
 #: Block types that carry no source and no question text (ignored in input messages).
 _IGNORED_TYPES = frozenset(
-    {"reasoning", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result"}
+    {"reasoning", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result", "tool_use"}
 )
 #: Media content block types and the modality of their source (``image_url`` and
 #: ``input_audio`` are OpenAI Chat Completions blocks).
