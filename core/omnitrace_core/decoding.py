@@ -118,6 +118,17 @@ class Grammar(BaseModel):
         return cls(kind="regex", text=pattern)
 
 
+def json_instruction(schema: dict[str, Any] | None = None) -> str:
+    """What a model is told when its reply must be JSON: the grammar enforces the shape, this
+    text tells the model what the fields are for (shared by every adapter's structured output).
+    ``schema=None``: any JSON object."""
+    if schema is None:
+        return "Reply with one JSON object only."
+    return "Reply with one JSON object only, matching this JSON schema:\n" + json.dumps(
+        schema, ensure_ascii=False
+    )
+
+
 def close_objects(schema: Any) -> Any:
     """A copy of a JSON schema whose objects allow only their listed properties (where the
     schema says nothing about ``additionalProperties``). Pydantic models and tool signatures

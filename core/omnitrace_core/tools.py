@@ -275,4 +275,7 @@ def parse_tool_calls(text: str) -> ParsedToolCalls:
         at = rest.index(TOOL_CALL_OPEN)
         invalid.append((rest[at:], "unterminated tool call (the token limit was reached)"))
         rest = rest[:at]
+    elif rest.strip() and TOOL_CALL_OPEN.startswith(rest.strip()):  # cut inside the open tag
+        invalid.append((rest.strip(), "unterminated tool call (the token limit was reached)"))
+        rest = ""
     return ParsedToolCalls(text=rest.strip(), calls=calls, invalid=invalid)

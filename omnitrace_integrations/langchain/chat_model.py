@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -31,7 +30,7 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
-from omnitrace_core.decoding import close_objects, validate_stops
+from omnitrace_core.decoding import close_objects, json_instruction, validate_stops
 from omnitrace_core.models import DEFAULT_MODEL
 from omnitrace_core.tools import resolve_choice, tool_call_grammar
 from omnitrace_integrations.langchain.citations import (
@@ -284,13 +283,10 @@ class ChatOmniTrace(BaseChatModel):
                 raise InvalidInputError("method='json_schema' needs a schema (or use method='json_mode')")
             if schema is None:
                 json_schema: dict[str, Any] = {"type": "object"}
-                instruction = "Reply with one JSON object only."
+                instruction = json_instruction(None)
             else:
                 json_schema = _json_schema(schema)
-                instruction = (
-                    "Reply with one JSON object only, matching this JSON schema:\n"
-                    + json.dumps(json_schema, ensure_ascii=False)
-                )
+                instruction = json_instruction(json_schema)
             if method == "json_mode":
                 json_schema = {"type": "object"}
             llm = self.bind(

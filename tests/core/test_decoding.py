@@ -90,3 +90,18 @@ def test_grammar_regex_and_invalid_grammar(tiny_tracer, sources):
         tiny_tracer.generate(sources, "When?", grammar=Grammar.lark("start: ((("))
     with pytest.raises(InvalidInputError, match=r"must be an omnitrace_core\.Grammar"):
         tiny_tracer.generate(sources, "When?", grammar={"type": "object"})
+
+
+def test_parse_tool_calls_text_calls_repeats_and_cut_calls():
+    from omnitrace_core.tools import parse_tool_calls
+
+    call = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    parsed = parse_tool_calls(f"{call}\n{call}")
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("f", {"x": 1})]  # a repeat counts once
+    assert parsed.text == "" and not parsed.invalid
+    cut = parse_tool_calls('<tool_call>\n{"name": "f", "argu')
+    assert not cut.calls and cut.text == "" and "token limit" in cut.invalid[0][1]
+    # cut inside the opening tag: under the call grammar a reply starting with '<' is a call
+    tag = parse_tool_calls("<tool_")
+    assert not tag.calls and tag.text == "" and tag.invalid == [("<tool_", tag.invalid[0][1])]
+    assert parse_tool_calls("Plain answer.").text == "Plain answer."
