@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -18,21 +21,30 @@ from langchain_core.callbacks import (
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableMap,
+    RunnablePassthrough,
+    ensure_config,
+)
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.uuid import uuid7
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
 from omnitrace_core.decoding import close_objects, json_instruction, validate_stops
-from omnitrace_core.models import DEFAULT_MODEL
-from omnitrace_core.tools import resolve_choice, tool_call_grammar
+from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, config_context_window, stored_config
+from omnitrace_core.tools import render_prompt, resolve_choice, tool_call_grammar
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
     answer_metadata,
@@ -92,6 +104,9 @@ def _with_system(turns: list[dict[str, Any]], text: str) -> list[dict[str, Any]]
 
 #: Name of the custom callback event announcing a completed sentence and its citations.
 CITATION_EVENT = "omnitrace_citation"
+
+#: The config (with its fixed ``run_id``) of the ``stream`` / ``astream`` call in progress.
+_RUN_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("omnitrace_run_config", default=None)
 
 #: Per-call kwargs that ``ChatOmniTrace`` understands (others raise, naming them).
 _GENERATION_KWARGS = frozenset(
@@ -209,7 +224,98 @@ class ChatOmniTrace(BaseChatModel):
                         dtype=self.dtype,
                         device_map=self.device_map,
                     )
+                if isinstance(self.profile, dict) and "max_input_tokens" not in self.profile:
+                    self.profile.update(self._loaded_profile() or {})  # now the config is known
         return self.tracer
+
+    def _loaded_tokenizer(self) -> Any:
+        tokenizer = getattr(self.get_tracer(), "tokenizer", None)
+        if tokenizer is None:
+            raise InvalidInputError("the tracer has no tokenizer: cannot count tokens")
+        return tokenizer
+
+    # -- tokens -----------------------------------------------------------------------------
+    def get_token_ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` under the model's own tokenizer (loaded with the model, on
+        first use; nothing is downloaded). ``custom_get_token_ids`` still wins when set."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._loaded_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The prompt length in tokens that ``invoke(messages)`` would send: the chat-template
+        prompt for a conversation (with ``tools`` shown as a tool turn shows them), or the
+        tracer's source layout when the messages carry sources (what ``usage_metadata
+        ["input_tokens"]`` reports)."""
+        tracer = self.get_tracer()
+        tokenizer = self._loaded_tokenizer()
+        request = read_messages(messages, None, require_question=False)
+        if request.sources and not tools and request.question and hasattr(tracer, "layout"):
+            cfg = self.tracer_config or getattr(tracer, "config", None) or TracerConfig()
+            if request.system:
+                cfg = cfg.model_copy(update={"system_prompt": f"{cfg.system_prompt}\n{request.system}"})
+            return len(tracer.layout(request.sources, request.question, cfg).input_ids)
+        specs = tool_specs([convert_to_openai_tool(t) for t in tools or []])
+        prompt = render_prompt(tokenizer, conversation_turns(messages), specs)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    # -- profile ----------------------------------------------------------------------------
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What this model can do, without loading it: tool calling, tool choice and structured
+        output (grammar-constrained: needs the ``structured`` extra), text in and out, open
+        weights, and ``max_input_tokens`` from the model's ``config.json`` (a given tracer or
+        model, a local folder, or a packaged model converted by an earlier load; otherwise it
+        is added on first load)."""
+        grammar = importlib.util.find_spec("llguidance") is not None
+        profile = ModelProfile(
+            name=self.model_name,
+            open_weights=True,
+            text_inputs=True,
+            text_outputs=True,
+            image_outputs=False,
+            audio_outputs=False,
+            video_outputs=False,
+            reasoning_output=False,
+            tool_calling=grammar,
+            tool_choice=grammar,
+            tool_call_streaming=grammar,
+            structured_output=grammar,
+            temperature=True,
+        )
+        profile.update(self._loaded_profile() or self._stored_profile())
+        return profile
+
+    def _stored_profile(self) -> ModelProfile:
+        config = stored_config(self.model_name)
+        window = config_context_window(config) if config else None
+        out = ModelProfile()
+        if window:
+            out["max_input_tokens"] = window
+        media_keys = ("vision_config", "audio_config", "thinker_config")
+        if config is not None and not any(k in config for k in media_keys):  # a text-only model
+            out.update(ModelProfile(image_inputs=False, audio_inputs=False, video_inputs=False))
+        return out
+
+    def _loaded_profile(self) -> ModelProfile | None:
+        loaded = getattr(self.tracer, "loaded", None)
+        if loaded is None and self.hf_model is not None:
+            loaded = LoadedModel(self.hf_model, self.hf_tokenizer, self.model_name)
+        if loaded is None:
+            return None
+        modalities: frozenset[str] = getattr(
+            getattr(self.tracer, "prompt_builder", None), "modalities", frozenset()
+        )
+        out = ModelProfile(
+            name=str(loaded.name),
+            image_inputs="image" in modalities,
+            audio_inputs="audio" in modalities,
+            video_inputs="video" in modalities,
+        )
+        with contextlib.suppress(Exception):
+            out["max_input_tokens"] = int(loaded.context_window)
+        return out
 
     # -- tools and structured output -------------------------------------------------------
     def bind_tools(
@@ -523,12 +629,58 @@ class ChatOmniTrace(BaseChatModel):
         return self._message(outcome)
 
     # -- custom events ----------------------------------------------------------------------
-    @staticmethod
+    # LangChain's ``stream`` / ``astream`` call ``_stream`` / ``_astream`` without a run manager,
+    # so a bare model (no enclosing runnable) had no run to attach the citation event to and
+    # ``dispatch_custom_event`` refused it. ``stream`` / ``astream`` below fix the run id in the
+    # config and leave the config in a context variable, so the event goes to the callbacks of
+    # this model's own run (``astream_events`` on the bare model included).
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid7()}
+        token = _RUN_CONFIG.set(config)
+        try:
+            yield from super().stream(input, config, stop=stop, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError):  # finalised in another context
+                _RUN_CONFIG.reset(token)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid7()}
+        token = _RUN_CONFIG.set(config)
+        try:
+            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            with contextlib.suppress(ValueError):
+                _RUN_CONFIG.reset(token)
+
+    def _run_target(self) -> tuple[RunnableConfig, Any] | None:
+        config = _RUN_CONFIG.get()
+        if config is None or config.get("run_id") is None:
+            return None
+        return config, config["run_id"]
+
     def _announce(
-        run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
+        self, run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
+            target = self._run_target() if run_manager is None else None
             if run_manager is not None:
                 CallbackManager(
                     handlers=run_manager.handlers,
@@ -537,6 +689,12 @@ class ChatOmniTrace(BaseChatModel):
                     tags=run_manager.tags,
                     metadata=run_manager.metadata,
                 ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
+            elif target is not None:
+                config, run_id = target
+                CallbackManager.configure(
+                    config.get("callbacks"), self.callbacks, self.verbose,
+                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
             else:
                 dispatch_custom_event(CITATION_EVENT, data)
         except RuntimeError as exc:
@@ -545,12 +703,12 @@ class ChatOmniTrace(BaseChatModel):
         except Exception as exc:  # a raising handler never loses the answer
             logger.warning("citation event handler failed (answer unaffected): %r", exc)
 
-    @staticmethod
     async def _aannounce(
-        run_manager: AsyncCallbackManagerForLLMRun | None, sentence: SentenceAttribution
+        self, run_manager: AsyncCallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
+            target = self._run_target() if run_manager is None else None
             if run_manager is not None:
                 await AsyncCallbackManager(
                     handlers=run_manager.handlers,
@@ -559,6 +717,12 @@ class ChatOmniTrace(BaseChatModel):
                     tags=run_manager.tags,
                     metadata=run_manager.metadata,
                 ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
+            elif target is not None:
+                config, run_id = target
+                await AsyncCallbackManager.configure(
+                    config.get("callbacks"), self.callbacks, self.verbose,
+                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
             else:
                 await adispatch_custom_event(CITATION_EVENT, data)
         except RuntimeError as exc:
