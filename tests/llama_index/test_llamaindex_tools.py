@@ -266,7 +266,7 @@ def test_smollm2_agent_round_trip(default_tracer: Any) -> None:
     messages = [ChatMessage(role=MessageRole.USER, content="What is the weather in Oslo?")]
     response = llm.chat_with_tools([LOOKUP], chat_history=messages, tool_required=True)
     (call,) = llm.get_tool_calls_from_response(response)
-    assert call.tool_name == "lookup" and _valid_lookup(call)
+    assert call.tool_name == "lookup" and _valid_lookup(call) and call.tool_kwargs["city"] == "Oslo"
     result = lookup(**call.tool_kwargs)
     history = [
         *messages,
