@@ -58,43 +58,60 @@ class TestChatOmniTraceIntegration(ChatModelIntegrationTests):
     def returns_usage_metadata(self) -> bool:
         return True
 
-    @pytest.mark.xfail(
-        reason="SmolLM2-135M calls magic_function with a wrong argument (e.g. 1 for 3): the grammar "
+    # Every expected failure below is deterministic (greedy decoding) on the reference CPU run,
+    # so they are strict: a model or decoding change that makes one pass must remove its mark.
+    _WRONG_ARGUMENT = pytest.mark.xfail(
+        reason="SmolLM2-135M calls magic_function with input=100 when asked for 3: the grammar "
         "guarantees a valid call, not the right value; see docs/agents.md",
-        strict=False,
+        strict=True,
     )
+
+    @_WRONG_ARGUMENT
     def test_tool_calling(self, model: Any) -> None:
         super().test_tool_calling(model)
+
+    @_WRONG_ARGUMENT
+    async def test_tool_calling_async(self, model: Any) -> None:
+        await super().test_tool_calling_async(model)
 
     @pytest.mark.xfail(
         reason="with tool_choice='auto' SmolLM2-135M answers in text instead of calling the tool; "
         "forced choices ('any', a name) always call (test_tool_choice)",
-        strict=False,
+        strict=True,
     )
     def test_agent_loop(self, model: Any) -> None:
         super().test_agent_loop(model)
 
-    _SMALL_MODEL_JSON = pytest.mark.xfail(
-        reason="SmolLM2-135M often does not close the Joke's strings within 128 tokens (the reply "
-        "is refused as cut, never half-parsed) or, in JSON mode, copies the schema; the grammar "
-        "guarantees the shape of a complete reply, not the content. See docs/agents.md",
-        strict=False,
+    _LOOPS_IN_A_STRING = pytest.mark.xfail(
+        reason="SmolLM2-135M (greedy) loops inside the Joke's first string ('The cat was a cat, but "
+        "it was a cat, and it was a cat, ...') until max_tokens=128; the cut reply is refused "
+        "(OutputParserException: raise max_tokens), never half-parsed. The grammar guarantees the "
+        "shape of a complete reply, not that the model completes it",
+        strict=True,
     )
 
-    @_SMALL_MODEL_JSON
+    @_LOOPS_IN_A_STRING
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     def test_structured_output(self, model: Any, schema_type: str) -> None:
         super().test_structured_output(model, schema_type)
 
-    @_SMALL_MODEL_JSON
+    @_LOOPS_IN_A_STRING
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     async def test_structured_output_async(self, model: Any, schema_type: str) -> None:
         await super().test_structured_output_async(model, schema_type)
 
-    @_SMALL_MODEL_JSON
+    @_LOOPS_IN_A_STRING
     def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
         super().test_structured_output_pydantic_2_v1(model)
 
-    @_SMALL_MODEL_JSON
+    @_LOOPS_IN_A_STRING
+    def test_structured_output_optional_param(self, model: Any) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @pytest.mark.xfail(
+        reason="JSON mode allows any object: SmolLM2-135M writes back the JSON schema it was shown "
+        "('{\"properties\": {\"setup\": ...') instead of a Joke, which fails validation",
+        strict=True,
+    )
     def test_json_mode(self, model: Any) -> None:
         super().test_json_mode(model)
