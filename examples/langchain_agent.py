@@ -2,13 +2,13 @@
 
 Graph: ``plan -> tools -> answer -> check -> (answer again | END)``.
 
-- ``plan`` asks for the retrieval tool. ChatOmniTrace does not do tool calling (a 135M model
-  cannot call tools reliably, and its standard tests declare it), so this step is a rule:
-  it emits the standard ``AIMessage`` tool call that a tool-calling model would.
+- ``plan`` is ChatOmniTrace with the retrieval tool bound (``bind_tools``): the model writes
+  the tool call and its query itself, decoded under the tool-call grammar so it always parses
+  into ``AIMessage.tool_calls``.
 - ``tools`` is LangGraph's ``ToolNode`` running ``search_corpus`` (a retriever tool returning
   ``content_and_artifact``: the ``Document``s travel in the ``ToolMessage`` artifact).
-- ``answer`` is ChatOmniTrace: it reads the ``ToolMessage``'s documents as its sources and
-  cites each sentence.
+- ``answer`` is ChatOmniTrace: it reads the ``ToolMessage``'s documents as its sources (tagged
+  with the tool name and call id) and cites each sentence with the tool result it came from.
 - ``check`` runs :class:`GroundingCheck`; an answer with unsupported sentences goes back to
   ``answer`` with a follow-up naming them, at most ``--retries`` times.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +62,14 @@ def build_agent(llm: ChatOmniTrace, retries: int = 1, k: int = 2) -> Any:
 
     check = GroundingCheck(mode="annotate")
 
+    # The model writes the tool call itself (its query); the grammar makes the call parse.
+    # ``tool_choice="any"``: a 135M model rarely decides on its own to search, so this agent's
+    # first step is always a search; which query is the model's. A stronger model can use "auto".
+    planner = llm.bind_tools([search_corpus], tool_choice="any", parallel_tool_calls=False)
+
     def plan(state: AgentState) -> dict[str, Any]:
-        question = next(m for m in reversed(state["messages"]) if isinstance(m, HumanMessage)).text
-        call = {
-            "name": "search_corpus",
-            "args": {"query": question},
-            "id": f"call_{uuid.uuid4().hex[:8]}",
-        }
-        return {"messages": [AIMessage(content="", tool_calls=[call])], "attempts": 0}
+        message = planner.invoke(state["messages"], max_tokens=48)
+        return {"messages": [message], "attempts": 0}
 
     def answer(state: AgentState) -> dict[str, Any]:
         message = llm.invoke(state["messages"])
@@ -134,7 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agent = build_agent(llm, retries=args.retries)
     state = agent.invoke({"messages": [HumanMessage(args.question)]})
     final: AIMessage = state["messages"][-1]
+    calls = [c for m in state["messages"] if isinstance(m, AIMessage) for c in m.tool_calls]
     print(f"Q: {args.question}\n")
+    for call in calls:
+        print(f"The model called {call['name']}({call['args']}) [{call['id']}]")
     print(render_cited_answer(final))
     verdict = final.response_metadata["grounding"]
     print(f"\nAttempts: {state['attempts']}, grounded: {verdict['grounded']}")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except UngroundedAnswerError as err:
         caught = err.sentences
         print(f"\nDraft: {draft}\nCaught: {err}")
-    return {"state": state, "final": final, "draft": draft, "caught": caught}
+    return {"state": state, "final": final, "draft": draft, "caught": caught, "tool_calls": calls}
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from omnitrace_core.config import (
     RerankConfig,
     TracerConfig,
 )
+from omnitrace_core.decoding import Grammar
 from omnitrace_core.errors import (
     CaptureError,
     ContextLengthError,
     InvalidInputError,
     MediaError,
+    MissingDependencyError,
     ModelLoadError,
     OmniTraceError,
     UnknownNameError,
@@ -38,6 +40,7 @@ from omnitrace_core.results import (
 )
 from omnitrace_core.signals import AttGrads, AttMean, RawAtt, Signal, available_signals, register_signal
 from omnitrace_core.sources import MediaSource, SourceUnit, TextSource, TimedSegment
+from omnitrace_core.tools import ToolCall, ToolSpec
 from omnitrace_core.tracer import Tracer
 
 __version__ = "0.1.0"
@@ -53,10 +56,12 @@ __all__ = [
     "CurationConfig",
     "FinalEvent",
     "GenerationConfig",
+    "Grammar",
     "InvalidInputError",
     "MappingConfig",
     "MediaError",
     "MediaSource",
+    "MissingDependencyError",
     "ModelLoadError",
     "OmniTraceError",
     "RawAtt",
@@ -71,6 +76,8 @@ __all__ = [
     "TextSource",
     "TimedSegment",
     "TokenAttribution",
+    "ToolCall",
+    "ToolSpec",
     "TracedAnswer",
     "Tracer",
     "TracerConfig",

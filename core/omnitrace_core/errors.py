@@ -61,3 +61,7 @@ class MediaAccessError(InvalidInputError):
 
 class MissingToolError(OmniTraceError, RuntimeError):
     """A system tool (ffmpeg, espeak-ng) is not installed; the message gives the install command."""
+
+
+class MissingDependencyError(OmniTraceError, ImportError):
+    """An optional Python package a feature needs is not installed; the message names the extra."""

@@ -138,7 +138,7 @@ class LoadedModel:
     def context_window(self) -> int:
         cfg = self.model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        for attr in _WINDOW_KEYS:
             value = getattr(text_cfg, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
@@ -149,6 +149,48 @@ class LoadedModel:
         cfg = self.model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         return int(text_cfg.num_hidden_layers)
+
+
+_WINDOW_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def config_context_window(config: dict[str, Any]) -> int | None:
+    """The context window in a ``config.json`` dict (its ``text_config`` first, for a
+    multimodal model), or None when it names none."""
+    for cfg in (config.get("text_config"), config):
+        if isinstance(cfg, dict):
+            for key in _WINDOW_KEYS:
+                value = cfg.get(key)
+                if isinstance(value, int) and value > 0:
+                    return value
+    return None
+
+
+def stored_config(name_or_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A model's ``config.json`` read from disk without loading (or converting, assembling or
+    downloading) anything: a local folder's, or a packaged model's once its weights were
+    converted to the cache by a first load. None when it is not on disk (yet)."""
+    name = str(name_or_path)
+    folder: Path | None = None
+    entry = PACKAGED_MODELS.get(name)
+    if entry is not None:
+        if entry.part_glob is None:
+            package = _find_package_dir(entry.packages[0])
+            gguf = package / entry.gguf_name if package is not None else None
+        else:
+            gguf = cache_root() / "gguf" / entry.gguf_name
+        if gguf is not None and gguf.is_file():
+            folder = cache_root() / "models" / f"{entry.name}-{gguf.stat().st_size}"
+    else:
+        folder = Path(name).expanduser()
+    path = folder / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def cache_root() -> Path:

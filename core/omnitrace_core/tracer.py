@@ -27,6 +27,13 @@ from omnitrace_core.calibration import Calibration, find_calibration, load_calib
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
+from omnitrace_core.decoding import (
+    Grammar,
+    GrammarLogitsProcessor,
+    StopMatcher,
+    grammar_processor,
+    validate_stops,
+)
 from omnitrace_core.errors import (
     ContextLengthError,
     GenerationAbandoned,
@@ -49,7 +56,15 @@ from omnitrace_core.results import (
     TracedAnswer,
 )
 from omnitrace_core.signals import LearnedHeads, Signal, get_signal
-from omnitrace_core.sources import MediaSource, PromptLayout, Source, encode_plain, validate_sources
+from omnitrace_core.sources import (
+    MediaSource,
+    PromptLayout,
+    Source,
+    encode_plain,
+    encode_with_plain_spans,
+    validate_sources,
+)
+from omnitrace_core.tools import ToolSpec, render_prompt
 from omnitrace_core.validation import (
     check_device,
     check_dtype,
@@ -137,6 +152,55 @@ class _TextSoFar:
     def final(self) -> str:
         """The whole answer (including a trailing character held back until now)."""
         return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+
+class _KeptText:
+    """The part of the decoded text the caller gets: everything before the first stop string.
+
+    Text that could still grow into a stop string is held back (never streamed, never
+    attributed) until it cannot; once a stop string appears, it and everything after it is
+    dropped. Without stop strings every character is released at once.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.matcher = StopMatcher(stops) if stops else None
+        self.text = ""  # released so far
+        self.stopped = False
+        self._full = ""
+
+    def advance(self, full: str, final: bool = False) -> str:
+        """Take the decoded text so far; return the newly released part."""
+        self._full = full
+        if self.stopped:
+            return ""
+        limit = len(full)
+        if self.matcher is not None:
+            at = self.matcher.find(full)
+            if at is not None:
+                self.stopped, limit = True, at
+            elif not final:
+                limit = self.matcher.safe_end(full)
+        limit = max(limit, len(self.text))
+        delta = full[len(self.text) : limit]
+        self.text = full[:limit]
+        return delta
+
+    def release(self, held: list[tuple[int, str, int, int]]) -> list[tuple[int, str, int, int]]:
+        """Move the tokens whose text is released out of ``held`` (a token cut by the stop
+        string keeps its part before it; tokens after the stop are dropped)."""
+        limit = len(self.text)
+        out: list[tuple[int, str, int, int]] = []
+        while held:
+            pos, token, a, b = held[0]
+            if b <= limit:
+                out.append(held.pop(0))
+            elif self.stopped:
+                if a < limit:
+                    out.append((pos, token, a, limit))
+                held.clear()
+            else:
+                break
+        return out
 
 
 class _Decoding:
@@ -389,13 +453,19 @@ class Tracer:
         question: str,
         *,
         config: TracerConfig | None = None,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
         **generation_kwargs: Any,
     ) -> TracedAnswer:
         """Answer ``question`` from ``sources`` and cite every sentence.
 
         Greedy by default (``max_new_tokens=256``, ``no_repeat_ngram_size=3``); other keyword
-        arguments go to ``model.generate``.
+        arguments go to ``model.generate``. ``stop``: decoding ends at the first stop string,
+        which is cut from the answer with everything after it (``finish_reason="stop"``);
+        citations cover the kept text only. ``grammar``: the answer must match it
+        (:mod:`omnitrace_core.decoding`; ``no_repeat_ngram_size`` is off meanwhile).
         """
+        generation_kwargs = {**generation_kwargs, "stop": stop, "grammar": grammar}
         final: TracedAnswer | None = None
         # Decode in the caller's thread: a worker thread would get its own malloc arena, which
         # measurably raised peak memory (benchmarks/overhead.py). Events are then processed
@@ -412,10 +482,14 @@ class Tracer:
         question: str,
         *,
         config: TracerConfig | None = None,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
         **generation_kwargs: Any,
     ) -> Iterator[StreamEvent]:
         """Yield :class:`TextDelta` per token, :class:`SentenceEvent` per completed sentence, then
-        one :class:`FinalEvent` carrying the whole result."""
+        one :class:`FinalEvent` carrying the whole result (``stop`` / ``grammar``: as in
+        :meth:`generate`; text that may still become a stop string is held back until it cannot)."""
+        generation_kwargs = {**generation_kwargs, "stop": stop, "grammar": grammar}
         return self._run_events(sources, question, config, generation_kwargs, threaded=True)
 
     def _run_events(
@@ -443,6 +517,96 @@ class Tracer:
             else self._stream_attention(srcs, layout, cfg, signal, gen, threaded)
         )
         yield from self._observed(info, inner)
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        parallel_tool_calls: bool = True,
+        config: TracerConfig | None = None,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
+        threaded: bool = True,
+        **generation_kwargs: Any,
+    ) -> Iterator[StreamEvent]:
+        """Answer a conversation that has no sources: no attribution, the same decoding.
+
+        ``messages`` are chat-template turns (:func:`omnitrace_core.tools.render_prompt`);
+        ``tools`` are shown through the model's chat template when it takes them, else with
+        the documented fallback text. ``stop`` and ``grammar`` act as in :meth:`generate`.
+        Yields :class:`TextDelta` events, then a :class:`FinalEvent` whose answer has the text
+        and usage but no sentences or sources. Observers see it like any generation (so every
+        call gets a span, with or without sources).
+        """
+        cfg = config or self.config
+        question = next(
+            (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        try:
+            if not messages:
+                raise InvalidInputError("no messages: nothing to answer")
+            prompt = render_prompt(self.tokenizer, messages, tools, parallel_tool_calls)
+            input_ids = _encode_conversation(self.tokenizer, prompt, messages)
+            gen = self._generation_kwargs(cfg, {**generation_kwargs, "stop": stop, "grammar": grammar})
+            self._check_length(len(input_ids), int(gen["max_new_tokens"]))
+        except (InvalidInputError, UnknownNameError) as exc:
+            logger.warning("input_rejected", operation="chat", error_type=type(exc).__name__, reason=str(exc))
+            raise
+        layout = PromptLayout(input_ids=input_ids, units=[], reference_positions=[], text=prompt)
+        info = GenerationInfo(
+            run_id=new_run_id(),
+            operation="chat",
+            model=self.loaded.name,
+            signal="none",
+            source_ids=(),
+            question=question,
+            prompt_tokens=len(input_ids),
+            request=_request_record(gen),
+            sources={},
+        )
+        return self._observed(info, self._stream_plain(layout, cfg, gen, threaded))
+
+    def _stream_plain(
+        self, layout: PromptLayout, cfg: TracerConfig, gen: dict[str, Any], threaded: bool
+    ) -> Iterator[StreamEvent]:
+        t0 = time.perf_counter()
+        decoding = self._start_decoding(layout, gen, None, threaded)
+        out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
+        kept = _KeptText(validate_stops(gen.get("stop_strings")))
+        steps = 0
+        try:
+            for tok in decoding.tokens():
+                steps += 1
+                if kept.stopped:
+                    continue
+                out.add(tok)
+                if delta := kept.advance(out.text):
+                    yield TextDelta(text=delta, token_index=len(out.ids) - 1)
+        except GeneratorExit:
+            decoding.cancel()  # the consumer closed the stream: stop the decode thread too
+            raise
+        try:
+            decoding.finish()
+        except Exception as exc:  # a decode that raised part-way: named, with the text so far
+            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        if delta := kept.advance(out.final(), final=True):
+            yield TextDelta(text=delta, token_index=len(out.ids) - 1)
+        answer = TracedAnswer(
+            text=kept.text,
+            sentences=[],
+            tokens=[],
+            sources=[],
+            model=self.loaded.name,
+            signal="none",
+            mode="generate",
+            prompt_tokens=len(layout.input_ids),
+            generated_tokens=steps,
+            finish_reason="stop" if kept.stopped else out.finish,
+            config=cfg.model_dump(mode="json"),
+            timings={"total_s": time.perf_counter() - t0},
+        )
+        yield FinalEvent(answer=answer)
 
     def attribute(
         self,
@@ -509,7 +673,7 @@ class Tracer:
             source_ids=tuple(s.id for s in srcs),
             question=question,
             prompt_tokens=len(layout.input_ids),
-            request={k: v for k, v in gen.items() if isinstance(v, (int, float, str, bool))},
+            request=_request_record(gen),
             sources={s.id: _source_text(s) for s in srcs},
         )
 
@@ -536,6 +700,16 @@ class Tracer:
 
     # -- internals -----------------------------------------------------------------------------
     def _generation_kwargs(self, cfg: TracerConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+        """``model.generate`` kwargs: the config's defaults, the caller's overrides, and the
+        decoding controls ``stop`` (stop strings) and ``grammar`` (a :class:`Grammar`)."""
+        overrides = dict(overrides)
+        stops = validate_stops(overrides.pop("stop", None) or overrides.pop("stop_strings", None))
+        overrides.pop("stop_strings", None)
+        grammar = overrides.pop("grammar", None)
+        if grammar is not None and not isinstance(grammar, Grammar):
+            raise InvalidInputError(
+                f"grammar must be an omnitrace_core.Grammar, got {type(grammar).__name__}"
+            )
         gen: dict[str, Any] = {
             "max_new_tokens": cfg.generation.max_new_tokens,
             "no_repeat_ngram_size": cfg.generation.no_repeat_ngram_size,
@@ -543,6 +717,19 @@ class Tracer:
         }
         gen.update(overrides)
         check_generation_kwargs(gen)
+        if stops:
+            gen["stop_strings"] = stops
+            gen["tokenizer"] = self.tokenizer
+        if grammar is not None:
+            # The tracer's repetition guard would forbid tokens the grammar requires (JSON
+            # repeats '", "'), so it is off while a grammar decides what may follow.
+            gen["no_repeat_ngram_size"] = 0
+            gen.pop("repetition_penalty", None)
+            from transformers import LogitsProcessorList
+
+            processors = LogitsProcessorList(list(gen.get("logits_processor") or []))
+            processors.append(grammar_processor(self.tokenizer, self.model, grammar))
+            gen["logits_processor"] = processors
         if not gen.get("do_sample"):
             for key in ("temperature", "top_p", "top_k"):
                 gen.setdefault(key, None)
@@ -594,19 +781,24 @@ class Tracer:
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
+        kept = _KeptText(validate_stops(gen.get("stop_strings")))
         step = 0
         first_token_at = None
         # A token is mapped once its reading row (its own row as a query, captured by the
-        # forward pass that predicts the next token) exists: one decoding step later.
-        pending: tuple[int, str, str, int, int] | None = None  # position, text so far, token, span
+        # forward pass that predicts the next token) exists: one decoding step later. Tokens
+        # whose text could still turn into a stop string wait in ``held`` (never mapped if it
+        # does); released tokens wait in ``ready`` for their reading row.
+        held: list[tuple[int, str, int, int]] = []  # position, token, span in the text
+        ready: list[tuple[int, str, int, int]] = []
 
-        def flush(reading: torch.Tensor | None) -> list[SentenceAttribution]:
-            nonlocal pending
-            assert mapper is not None and pending is not None
-            pos, text, token, a, b = pending
-            pending = None
-            mapping = mapper.map(session.row(pos), reading)
-            return assembler.add(text, token, a, b, mapping)
+        def flush(wait_for_rows: bool) -> list[SentenceAttribution]:
+            assert mapper is not None
+            done: list[SentenceAttribution] = []
+            while ready and (not wait_for_rows or ready[0][0] + 1 in session.rows):
+                pos, token, a, b = ready.pop(0)
+                mapping = mapper.map(session.row(pos), session.rows.get(pos + 1))
+                done.extend(assembler.add(kept.text[:b], token, a, b, mapping))
+            return done
 
         try:
             for tok in decoding.tokens():
@@ -616,15 +808,16 @@ class Tracer:
                     first_token_at = time.perf_counter()
                     refs = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
                     mapper = TokenMapper(index, cfg.mapping, reference_share(index, refs))
-                done: list[SentenceAttribution] = []
-                if pending is not None:
-                    done = flush(session.rows.get(pending[0] + 1))
+                if kept.stopped:  # past a stop string: nothing more is kept
+                    continue
+                done = flush(wait_for_rows=True)
                 span = out.add(tok)
                 if span is not None:
-                    start, end = span
-                    pending = (position, out.text, self.tokenizer.decode([tok]), start, end)
-                    if end > start:
-                        yield TextDelta(text=out.text[start:end], token_index=len(out.ids) - 1)
+                    held.append((position, self.tokenizer.decode([tok]), *span))
+                delta = kept.advance(out.text)
+                ready.extend(kept.release(held))
+                if delta:
+                    yield TextDelta(text=delta, token_index=len(out.ids) - 1)
                 for sentence in done:
                     yield SentenceEvent(sentence=sentence)
         except GeneratorExit:
@@ -633,13 +826,14 @@ class Tracer:
         try:
             decoding.finish()
         except Exception as exc:  # a decode that raised part-way: named, with the text so far
-            raise _decode_failed(exc, len(out.ids), out.text) from exc
-        if pending is not None:
-            for sentence in flush(session.rows.get(pending[0] + 1)):
-                yield SentenceEvent(sentence=sentence)
-        final_text = out.final()
-        if final_text != out.text:  # a trailing incomplete character
-            yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
+            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        delta = kept.advance(out.final(), final=True)
+        ready.extend(kept.release(held))
+        if delta:  # the held-back tail, or a trailing incomplete character
+            yield TextDelta(text=delta, token_index=len(out.ids) - 1)
+        for sentence in flush(wait_for_rows=False):
+            yield SentenceEvent(sentence=sentence)
+        final_text = kept.text
         for sentence in assembler.finish(final_text):
             yield SentenceEvent(sentence=sentence)
         timings = {"total_s": time.perf_counter() - t0}
@@ -653,7 +847,7 @@ class Tracer:
             mode="generate",
             prompt_tokens=prompt_len,
             generated_tokens=step,
-            finish_reason=out.finish,
+            finish_reason="stop" if kept.stopped else out.finish,
             timings=timings,
         )
         yield FinalEvent(answer=answer)
@@ -670,22 +864,25 @@ class Tracer:
         """Gradient signals: decode plainly (streaming text), then attribute teacher-forced."""
         decoding = self._start_decoding(layout, gen, None, threaded)
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
+        kept = _KeptText(validate_stops(gen.get("stop_strings")))
         try:
             for tok in decoding.tokens():
-                span = out.add(tok)
-                if span is not None and span[1] > span[0]:
-                    yield TextDelta(text=out.text[span[0] : span[1]], token_index=len(out.ids) - 1)
+                if kept.stopped:
+                    continue
+                out.add(tok)
+                if delta := kept.advance(out.text):
+                    yield TextDelta(text=delta, token_index=len(out.ids) - 1)
         except GeneratorExit:
             decoding.cancel()
             raise
         try:
             decoding.finish()
         except Exception as exc:
-            raise _decode_failed(exc, len(out.ids), out.text) from exc
-        final_text = out.final()
-        if final_text != out.text:
-            yield TextDelta(text=final_text[len(out.text) :], token_index=len(out.ids) - 1)
-        finish = out.finish
+            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        if delta := kept.advance(out.final(), final=True):
+            yield TextDelta(text=delta, token_index=len(out.ids) - 1)
+        final_text = kept.text
+        finish = "stop" if kept.stopped else out.finish
         if not final_text.strip():
             answer = self._empty_answer(srcs, layout, cfg, finish)
         else:
@@ -876,6 +1073,37 @@ def _check_config(config: Any) -> TracerConfig | None:
     if isinstance(config, type):
         hint = " (the class itself: pass an instance, TracerConfig(...))"
     raise invalid("config", config, f"must be a TracerConfig, got {type(config).__name__}{hint}")
+
+
+def _request_record(gen: dict[str, Any]) -> dict[str, Any]:
+    """What observers see of the generation parameters: plain values, the stop strings and
+    the kind of grammar (never the tokenizer or processor objects)."""
+    out: dict[str, Any] = {k: v for k, v in gen.items() if isinstance(v, (int, float, str, bool))}
+    if gen.get("stop_strings"):
+        out["stop_sequences"] = list(gen["stop_strings"])
+    for proc in gen.get("logits_processor") or []:
+        if isinstance(proc, GrammarLogitsProcessor):
+            out["grammar"] = proc.grammar.kind
+    return out
+
+
+def _encode_conversation(tokenizer: Any, prompt: str, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The rendered conversation's ids, each message's text encoded as plain text: a control
+    token typed inside a message (``<|im_start|>``) stays characters and cannot open a turn."""
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for m in messages:
+        content = str(m.get("content") or "")
+        if not content:
+            continue
+        at = prompt.find(content, cursor)
+        if at < 0:  # the template rewrote the text (e.g. tool results as a user turn): search all
+            at = prompt.find(content)
+        if at >= 0:
+            spans.append((at, at + len(content)))
+            cursor = at + len(content)
+    ids, _ = encode_with_plain_spans(tokenizer, prompt, spans)
+    return ids
 
 
 def _reference_positions(layout: PromptLayout, cfg: TracerConfig) -> list[int]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from operator import itemgetter
+from typing import Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -15,15 +19,33 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
 )
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableMap,
+    RunnablePassthrough,
+    ensure_config,
+)
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.uuid import uuid7
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.decoding import close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
-from omnitrace_core.models import DEFAULT_MODEL
+from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, config_context_window, stored_config
+from omnitrace_core.tools import render_prompt, resolve_choice, tool_call_grammar
 from omnitrace_core.validation import check_number, check_positive_int, check_stop_strings, invalid
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
@@ -42,11 +64,51 @@ from omnitrace_integrations.langchain.engine import (
     traced_events,
 )
 from omnitrace_integrations.langchain.messages import ChatRequest, read_messages
+from omnitrace_integrations.langchain.tools import (
+    choice_name,
+    conversation_turns,
+    tool_call_chunks,
+    tool_call_message_fields,
+    tool_specs,
+)
 
 logger = logging.getLogger("omnitrace.langchain")
 
+
+def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
+    """A JSON schema for a pydantic class, TypedDict, JSON schema or OpenAI tool dict."""
+    if isinstance(schema, dict) and schema.get("type") == "function" and "function" in schema:
+        return dict(schema["function"].get("parameters") or {"type": "object"})
+    if isinstance(schema, dict) and "parameters" in schema and "name" in schema:
+        return dict(schema["parameters"])
+    out = convert_to_json_schema(schema)
+    return {k: v for k, v in out.items() if k not in ("title", "description")} | (
+        {"title": out["title"]} if "title" in out else {}
+    )
+
+
+def _require_complete(message: AIMessage) -> AIMessage:
+    """Structured output is parsed only from a complete reply: a reply the token limit cut is
+    refused (a partial JSON object would otherwise parse into a wrong, partial result)."""
+    if message.response_metadata.get("finish_reason") == "length":
+        raise OutputParserException(
+            "the structured reply was cut by the token limit before it was complete: raise max_tokens",
+            llm_output=message.text,
+        )
+    return message
+
+
+def _with_system(turns: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """``turns`` with ``text`` added to the system turn (one is made if there is none)."""
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": f"{turns[0]['content']}\n{text}"}, *turns[1:]]
+    return [{"role": "system", "content": text}, *turns]
+
 #: Name of the custom callback event announcing a completed sentence and its citations.
 CITATION_EVENT = "omnitrace_citation"
+
+#: The config (with its fixed ``run_id``) of the ``stream`` / ``astream`` call in progress.
+_RUN_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("omnitrace_run_config", default=None)
 
 #: Per-call kwargs that ``ChatOmniTrace`` understands (others raise, naming them).
 _GENERATION_KWARGS = frozenset(
@@ -180,7 +242,200 @@ class ChatOmniTrace(BaseChatModel):
                         dtype=self.dtype,
                         device_map=self.device_map,
                     )
+                if isinstance(self.profile, dict) and "max_input_tokens" not in self.profile:
+                    self.profile.update(self._loaded_profile() or {})  # now the config is known
         return self.tracer
+
+    def _loaded_tokenizer(self) -> Any:
+        tokenizer = getattr(self.get_tracer(), "tokenizer", None)
+        if tokenizer is None:
+            raise InvalidInputError("the tracer has no tokenizer: cannot count tokens")
+        return tokenizer
+
+    # -- tokens -----------------------------------------------------------------------------
+    def get_token_ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` under the model's own tokenizer (loaded with the model, on
+        first use; nothing is downloaded). ``custom_get_token_ids`` still wins when set."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._loaded_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """The prompt length in tokens that ``invoke(messages)`` would send: the chat-template
+        prompt for a conversation (with ``tools`` shown as a tool turn shows them), or the
+        tracer's source layout when the messages carry sources (what ``usage_metadata
+        ["input_tokens"]`` reports)."""
+        tracer = self.get_tracer()
+        tokenizer = self._loaded_tokenizer()
+        request = read_messages(messages, None, require_question=False)
+        if request.sources and not tools and request.question and hasattr(tracer, "layout"):
+            cfg = self.tracer_config or getattr(tracer, "config", None) or TracerConfig()
+            if request.system:
+                cfg = cfg.model_copy(update={"system_prompt": f"{cfg.system_prompt}\n{request.system}"})
+            return len(tracer.layout(request.sources, request.question, cfg).input_ids)
+        specs = tool_specs([convert_to_openai_tool(t) for t in tools or []])
+        prompt = render_prompt(tokenizer, conversation_turns(messages), specs)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    # -- profile ----------------------------------------------------------------------------
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What this model can do, without loading it: tool calling, tool choice and structured
+        output (grammar-constrained: needs the ``structured`` extra), text in and out, open
+        weights, and ``max_input_tokens`` from the model's ``config.json`` (a given tracer or
+        model, a local folder, or a packaged model converted by an earlier load; otherwise it
+        is added on first load)."""
+        grammar = importlib.util.find_spec("llguidance") is not None
+        profile = ModelProfile(
+            name=self.model_name,
+            open_weights=True,
+            text_inputs=True,
+            text_outputs=True,
+            image_outputs=False,
+            audio_outputs=False,
+            video_outputs=False,
+            reasoning_output=False,
+            tool_calling=grammar,
+            tool_choice=grammar,
+            tool_call_streaming=grammar,
+            structured_output=grammar,
+            temperature=True,
+        )
+        profile.update(self._loaded_profile() or self._stored_profile())
+        return profile
+
+    def _stored_profile(self) -> ModelProfile:
+        config = stored_config(self.model_name)
+        window = config_context_window(config) if config else None
+        out = ModelProfile()
+        if window:
+            out["max_input_tokens"] = window
+        media_keys = ("vision_config", "audio_config", "thinker_config")
+        if config is not None and not any(k in config for k in media_keys):  # a text-only model
+            out.update(ModelProfile(image_inputs=False, audio_inputs=False, video_inputs=False))
+        return out
+
+    def _loaded_profile(self) -> ModelProfile | None:
+        loaded = getattr(self.tracer, "loaded", None)
+        if loaded is None and self.hf_model is not None:
+            loaded = LoadedModel(self.hf_model, self.hf_tokenizer, self.model_name)
+        if loaded is None:
+            return None
+        modalities: frozenset[str] = getattr(
+            getattr(self.tracer, "prompt_builder", None), "modalities", frozenset()
+        )
+        out = ModelProfile(
+            name=str(loaded.name),
+            image_inputs="image" in modalities,
+            audio_inputs="audio" in modalities,
+            video_inputs="video" in modalities,
+        )
+        with contextlib.suppress(Exception):
+            out["max_input_tokens"] = int(loaded.context_window)
+        return out
+
+    # -- tools and structured output -------------------------------------------------------
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: the model may call them (``tool_choice="auto"``, the default), must call
+        one (``"any"`` / ``"required"``), must call a named one, or none (``"none"``).
+
+        The call is decoded under a grammar (the ``structured`` extra), so it always parses into
+        ``AIMessage.tool_calls`` with arguments valid for the tool's schema;
+        ``parallel_tool_calls`` allows several calls in one reply. Tools are shown through the
+        model's chat template when it takes ``tools`` (Qwen2.5), otherwise through a fallback
+        system text (SmolLM2; ``omnitrace_core.tools.FALLBACK_TOOL_PROMPT``). Once the input
+        holds tool results, ``auto`` answers from them and cites them (``ToolMessage`` ->
+        source named by the tool and call id); a forced choice calls again.
+
+        Raises:
+            InvalidInputError: a tool that is not a function schema, or an unknown tool_choice.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        specs = tool_specs(formatted)
+        if tool_choice is not None:
+            resolve_choice(specs, choice_name(tool_choice))  # fail now, naming the problem
+        return super().bind(
+            tools=formatted, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, **kwargs
+        )
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers parsed into ``schema`` (a pydantic class, TypedDict, JSON schema or tool).
+
+        ``json_schema`` (default): the reply is decoded under the schema's grammar and parsed;
+        ``function_calling``: the schema is bound as a tool the model must call; ``json_mode``:
+        any JSON object (``schema`` optional). With sources the JSON answer is traced like any
+        other (``include_raw=True`` keeps the raw message and its citations).
+        """
+        if kwargs:
+            raise InvalidInputError(f"unsupported arguments for with_structured_output: {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidInputError("method='function_calling' needs a schema")
+            tool_name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=tool_name,
+                parallel_tool_calls=False,
+                strict=strict,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser: Runnable[Any, Any] = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if is_pydantic
+                else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema" and schema is None:
+                raise InvalidInputError("method='json_schema' needs a schema (or use method='json_mode')")
+            if schema is None:
+                json_schema: dict[str, Any] = {"type": "object"}
+                instruction = json_instruction(None)
+            else:
+                json_schema = _json_schema(schema)
+                instruction = json_instruction(json_schema)
+            if method == "json_mode":
+                json_schema = {"type": "object"}
+            llm = self.bind(
+                grammar=Grammar.json_schema(close_objects(json_schema)),
+                format_instruction=instruction,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
+            parser = (
+                PydanticOutputParser(pydantic_object=schema)
+                if is_pydantic
+                else JsonOutputParser()
+            )
+        else:
+            raise InvalidInputError(
+                f"method {method!r} is not one of 'json_schema', 'function_calling', 'json_mode'"
+            )
+        parser = RunnableLambda(_require_complete) | parser
+        if include_raw:
+            parser_assign = RunnablePassthrough.assign(
+                parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+            )
+            parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+            with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
+            return RunnableMap(raw=llm) | with_fallback
+        return llm | parser
 
     # -- request ----------------------------------------------------------------------------
     def _prepare(
@@ -189,44 +444,73 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None,
         kwargs: dict[str, Any],
         cancel: threading.Event,
-    ) -> tuple[ChatRequest, Any]:
-        """Read the messages and build a zero-argument event iterator factory."""
+    ) -> tuple[ChatRequest, Any, bool]:
+        """Read the messages and build a zero-argument event iterator factory.
+
+        Returns the request, the factory, and whether the reply is a tool-call turn (its text
+        is then parsed into ``tool_calls``).
+        """
         kwargs = dict(kwargs)
         sources = kwargs.pop("sources", None)
         call_config = kwargs.pop("tracer_config", None)
+        tools = tool_specs(kwargs.pop("tools", None))
+        choice = resolve_choice(tools, choice_name(kwargs.pop("tool_choice", None))) if tools else "none"
+        parallel = bool(kwargs.pop("parallel_tool_calls", True))
+        kwargs.pop("ls_structured_output_format", None)
+        grammar = kwargs.pop("grammar", None)
+        instruction = kwargs.pop("format_instruction", None)
         if kwargs.get("model") not in (None, self.model_name):
             raise InvalidInputError(
                 f"per-call model override ({kwargs['model']!r}) is not supported: the model is fixed "
                 f"at construction ({self.model_name!r}); create another ChatOmniTrace"
             )
         kwargs.pop("model", None)
-        request = read_messages(messages, sources, self.media_policy())
+        request = read_messages(messages, sources, self.media_policy(), require_question=False)
         tracer = self.get_tracer()
         gen = self._generation_kwargs(tracer, stop, kwargs)
         gen.update(cancel_kwargs(cancel))
+        # A tool turn: tools are bound and either a call is forced or there is no tool result
+        # yet to answer from. Once results are in, ``auto`` answers from them, citing them.
+        tool_turn = bool(tools) and choice != "none" and (choice != "auto" or not request.sources)
+        if tool_turn:
+            gen["grammar"] = tool_call_grammar(tools, choice, parallel)
+            turns = conversation_turns(messages)
+            if instruction:
+                turns = _with_system(turns, instruction)
+
+            def make() -> Iterator[Event]:
+                return plain_events(tracer, turns, gen, tools, parallel)
+
+            return request, make, True
+        if grammar is not None:
+            gen["grammar"] = grammar
         if request.sources:
+            if not request.question:
+                raise InvalidInputError("no question: the messages contain no human text to answer")
             base = (
                 call_config
                 or self.tracer_config
                 or getattr(tracer, "config", None)
                 or TracerConfig()
             )
+            extra = "\n".join(x for x in (request.system, instruction) if x)
             cfg = base
-            if request.system:
-                cfg = base.model_copy(
-                    update={"system_prompt": f"{base.system_prompt}\n{request.system}"}
-                )
+            if extra:
+                cfg = base.model_copy(update={"system_prompt": f"{base.system_prompt}\n{extra}"})
 
             def make() -> Iterator[Event]:
                 return traced_events(tracer, request.sources, request.question, cfg, gen)
 
         else:
             logger.info("no sources in the input: answering without citations")
+            turns = conversation_turns(messages)
+            if instruction:
+                turns = _with_system(turns, instruction)
 
             def make() -> Iterator[Event]:
-                return plain_events(tracer, request.turns, gen)
+                return plain_events(tracer, turns, gen)
 
-        return request, make
+        return request, make, False
 
     def _generation_kwargs(
         self, tracer: Any, stop: list[str] | None, kwargs: dict[str, Any]
@@ -250,8 +534,7 @@ class ChatOmniTrace(BaseChatModel):
         raw_stops = stop if stop is not None else call_stop if call_stop is not None else self.stop
         stops = check_stop_strings(raw_stops, "stop") if raw_stops is not None else []
         if stops:
-            gen["stop_strings"] = stops
-            gen["tokenizer"] = tracer.tokenizer
+            gen["stop"] = stops
         if self.timeout is not None:
             gen["max_time"] = float(self.timeout)
         for key in list(kwargs):
@@ -261,7 +544,8 @@ class ChatOmniTrace(BaseChatModel):
         if kwargs:
             raise InvalidInputError(
                 f"unsupported keyword argument(s) for ChatOmniTrace: {', '.join(sorted(kwargs))} "
-                "(tool calling and structured output are not supported)"
+                "(supported: sources, tracer_config, max_tokens, temperature, stop, tools, tool_choice, "
+                f"parallel_tool_calls, {', '.join(sorted(_GENERATION_KWARGS))})"
             )
         if "seed" in gen:
             import torch
@@ -287,7 +571,18 @@ class ChatOmniTrace(BaseChatModel):
             return answer_metadata(outcome.answer)
         return {"model_name": outcome.model, "finish_reason": outcome.finish_reason}
 
-    def _message(self, outcome: Outcome) -> AIMessage:
+    def _message(self, outcome: Outcome, tool_turn: bool = False) -> AIMessage:
+        if tool_turn:
+            parsed, fields = tool_call_message_fields(outcome.text)
+            content: list[Any] = (
+                [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
+            )
+            return AIMessage(
+                content=content,
+                usage_metadata=self._usage(outcome),
+                response_metadata=self._metadata(outcome),
+                **fields,
+            )
         if outcome.answer is not None:
             block = answer_text_block(outcome.answer)
         else:
@@ -296,6 +591,28 @@ class ChatOmniTrace(BaseChatModel):
             content=[block],
             usage_metadata=self._usage(outcome),
             response_metadata=self._metadata(outcome),
+        )
+
+    def _tool_turn_chunks(self, outcome: Outcome) -> Iterator[ChatGenerationChunk]:
+        """A tool turn streams as one chunk: its text (if any) and whole tool-call chunks."""
+        parsed, fields = tool_call_message_fields(outcome.text)
+        content: list[Any] = (
+            [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
+        )
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=content,
+                tool_call_chunks=tool_call_chunks(parsed),
+                invalid_tool_calls=fields["invalid_tool_calls"],
+            )
+        )
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=[],
+                usage_metadata=self._usage(outcome),
+                response_metadata=self._metadata(outcome),
+                chunk_position="last",
+            )
         )
 
     # -- teacher-forced ---------------------------------------------------------------------
@@ -339,12 +656,58 @@ class ChatOmniTrace(BaseChatModel):
         return self._message(outcome)
 
     # -- custom events ----------------------------------------------------------------------
-    @staticmethod
+    # LangChain's ``stream`` / ``astream`` call ``_stream`` / ``_astream`` without a run manager,
+    # so a bare model (no enclosing runnable) had no run to attach the citation event to and
+    # ``dispatch_custom_event`` refused it. ``stream`` / ``astream`` below fix the run id in the
+    # config and leave the config in a context variable, so the event goes to the callbacks of
+    # this model's own run (``astream_events`` on the bare model included).
+    def stream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid7()}
+        token = _RUN_CONFIG.set(config)
+        try:
+            yield from super().stream(input, config, stop=stop, **kwargs)
+        finally:
+            with contextlib.suppress(ValueError):  # finalised in another context
+                _RUN_CONFIG.reset(token)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid7()}
+        token = _RUN_CONFIG.set(config)
+        try:
+            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            with contextlib.suppress(ValueError):
+                _RUN_CONFIG.reset(token)
+
+    def _run_target(self) -> tuple[RunnableConfig, Any] | None:
+        config = _RUN_CONFIG.get()
+        if config is None or config.get("run_id") is None:
+            return None
+        return config, config["run_id"]
+
     def _announce(
-        run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
+        self, run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
+            target = self._run_target() if run_manager is None else None
             if run_manager is not None:
                 CallbackManager(
                     handlers=run_manager.handlers,
@@ -353,6 +716,12 @@ class ChatOmniTrace(BaseChatModel):
                     tags=run_manager.tags,
                     metadata=run_manager.metadata,
                 ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
+            elif target is not None:
+                config, run_id = target
+                CallbackManager.configure(
+                    config.get("callbacks"), self.callbacks, self.verbose,
+                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
             else:
                 dispatch_custom_event(CITATION_EVENT, data)
         except RuntimeError as exc:
@@ -361,12 +730,12 @@ class ChatOmniTrace(BaseChatModel):
         except Exception as exc:  # a raising handler never loses the answer
             logger.warning("citation event handler failed (answer unaffected): %r", exc)
 
-    @staticmethod
     async def _aannounce(
-        run_manager: AsyncCallbackManagerForLLMRun | None, sentence: SentenceAttribution
+        self, run_manager: AsyncCallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
+            target = self._run_target() if run_manager is None else None
             if run_manager is not None:
                 await AsyncCallbackManager(
                     handlers=run_manager.handlers,
@@ -375,6 +744,12 @@ class ChatOmniTrace(BaseChatModel):
                     tags=run_manager.tags,
                     metadata=run_manager.metadata,
                 ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
+            elif target is not None:
+                config, run_id = target
+                await AsyncCallbackManager.configure(
+                    config.get("callbacks"), self.callbacks, self.verbose,
+                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
             else:
                 await adispatch_custom_event(CITATION_EVENT, data)
         except RuntimeError as exc:
@@ -421,7 +796,7 @@ class ChatOmniTrace(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         cancel = threading.Event()
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         outcome: Outcome | None = None
         events = make()
         try:
@@ -434,7 +809,7 @@ class ChatOmniTrace(BaseChatModel):
             cancel.set()
             events.close()
         assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
 
     def _stream(
         self,
@@ -444,11 +819,15 @@ class ChatOmniTrace(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         cancel = threading.Event()
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         emitted = False
         events = make()
         try:
             for kind, value in events:
+                if tool_turn:
+                    if kind == "final":
+                        yield from self._tool_turn_chunks(value)
+                    continue
                 if kind == "delta":
                     emitted = True
                     yield self._delta_chunk(value)
@@ -473,7 +852,7 @@ class ChatOmniTrace(BaseChatModel):
     ) -> ChatResult:
         cancel = threading.Event()
         await asyncio.to_thread(self.get_tracer)  # a first load never blocks the event loop
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         outcome: Outcome | None = None
         async for kind, value in aiter_events(make, cancel):
             if kind == "sentence":
@@ -481,7 +860,7 @@ class ChatOmniTrace(BaseChatModel):
             elif kind == "final":
                 outcome = value
         assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
 
     async def _astream(
         self,
@@ -492,11 +871,16 @@ class ChatOmniTrace(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         cancel = threading.Event()
         await asyncio.to_thread(self.get_tracer)
-        _, make = self._prepare(messages, stop, kwargs, cancel)
+        _, make, tool_turn = self._prepare(messages, stop, kwargs, cancel)
         emitted = False
         events = aiter_events(make, cancel)
         try:
             async for kind, value in events:
+                if tool_turn:
+                    if kind == "final":
+                        for tool_chunk in self._tool_turn_chunks(value):
+                            yield tool_chunk
+                    continue
                 if kind == "delta":
                     emitted = True
                     yield self._delta_chunk(value)

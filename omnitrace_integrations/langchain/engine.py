@@ -16,14 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from omnitrace_core import (
-    ContextLengthError,
     FinalEvent,
     SentenceEvent,
     TextDelta,
@@ -32,7 +30,7 @@ from omnitrace_core import (
     TracerConfig,
 )
 from omnitrace_core.sources import Source
-from omnitrace_core.validation import check_generation_kwargs
+from omnitrace_core.tools import ToolSpec
 
 logger = logging.getLogger("omnitrace.langchain")
 
@@ -134,106 +132,34 @@ def traced_events(
             )
 
 
-def _encode_turns(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:
-    """The conversation's prompt ids; control tokens typed inside a message stay plain text
-    (transformers' ``sanitize_control_tokens``), so a message cannot open a turn of its own."""
-    try:
-        ids = tokenizer.apply_chat_template(
-            turns, tokenize=True, add_generation_prompt=True, sanitize_control_tokens=True, return_dict=False
-        )
-        return [int(i) for i in ids]
-    except (TypeError, ValueError, NotImplementedError) as exc:  # an older tokenizer or template
-        logger.debug("sanitize_control_tokens unavailable (%r); encoding the rendered chat", exc)
-    prompt = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(prompt, add_special_tokens=False, split_special_tokens=False)["input_ids"])
-
-
-def plain_events(tracer: Any, turns: list[dict[str, str]], gen: dict[str, Any]) -> Iterator[Event]:
-    """Answer a conversation without sources (no attribution), streaming text deltas."""
-    import torch
-
-    tokenizer = tracer.tokenizer
-    model = tracer.model
-    input_ids = _encode_turns(tokenizer, turns)
-    config = getattr(tracer, "config", None) or TracerConfig()
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": config.generation.max_new_tokens,
-        "no_repeat_ngram_size": config.generation.no_repeat_ngram_size,
-        "do_sample": config.generation.do_sample,
-    }
-    kwargs.update(gen)
-    check_generation_kwargs(kwargs)
-    if not kwargs.get("do_sample"):
-        for key in ("temperature", "top_p", "top_k"):
-            kwargs.setdefault(key, None)
-    window = int(tracer.loaded.context_window) if hasattr(tracer, "loaded") else 1 << 30
-    if len(input_ids) + int(kwargs["max_new_tokens"]) > window:
-        raise ContextLengthError(
-            f"prompt is {len(input_ids)} tokens and {kwargs['max_new_tokens']} new tokens are requested: "
-            f"more than the model's context window of {window}. Shorten the conversation or lower max_tokens."
-        )
-    ids_q: queue.Queue[int | None] = queue.Queue()
-    failure: list[BaseException] = []
-
-    class _Streamer:
-        seen_prompt = False
-
-        def put(self, value: Any) -> None:
-            if not self.seen_prompt:
-                self.seen_prompt = True
-                return
-            for tok in value.reshape(-1).tolist():
-                ids_q.put(int(tok))
-
-        def end(self) -> None:
-            ids_q.put(None)
-
-    tensor = torch.tensor([input_ids], device=model.device)
-
-    def work() -> None:
-        try:
-            with torch.no_grad():
-                model.generate(
-                    input_ids=tensor,
-                    attention_mask=torch.ones_like(tensor),
-                    streamer=_Streamer(),
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                    **kwargs,
-                )
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            ids_q.put(None)
-
-    worker = threading.Thread(target=work, name="omnitrace-plain-decode", daemon=True)
-    worker.start()
-    special = set(tokenizer.all_special_ids)
-    ids: list[int] = []
-    text = ""
-    steps = 0
-    finish = "length"
-    while (tok := ids_q.get()) is not None:
-        steps += 1
-        if tok in special:
-            finish = "stop"
-            continue
-        ids.append(tok)
-        new_text = tokenizer.decode(ids, skip_special_tokens=True)
-        if not new_text.endswith("\ufffd") and new_text != text:
-            yield ("delta", new_text[len(text) :])
-            text = new_text
-    worker.join()
-    if failure:
-        raise failure[0]
-    final = tokenizer.decode(ids, skip_special_tokens=True)
-    if final != text:
-        yield ("delta", final[len(text) :])
-    name = (
-        tracer.loaded.name
-        if hasattr(tracer, "loaded")
-        else str(getattr(tracer, "model_name", "unknown"))
+def plain_events(
+    tracer: Any,
+    turns: list[dict[str, Any]],
+    gen: dict[str, Any],
+    tools: list[ToolSpec] | None = None,
+    parallel_tool_calls: bool = True,
+) -> Iterator[Event]:
+    """Answer a conversation without sources (no attribution) through :meth:`Tracer.chat`,
+    streaming text deltas; observers see it (a span per call). ``tools``: shown to the model
+    (chat template or fallback text); constrain the call with ``gen["grammar"]``."""
+    answer: TracedAnswer | None = None
+    for event in tracer.chat(turns, tools=tools or (), parallel_tool_calls=parallel_tool_calls, **gen):
+        if isinstance(event, TextDelta):
+            yield ("delta", event.text)
+        elif isinstance(event, FinalEvent):
+            answer = event.answer
+    assert answer is not None
+    yield (
+        "final",
+        Outcome(
+            answer.text,
+            None,
+            answer.prompt_tokens,
+            answer.generated_tokens,
+            answer.finish_reason or "stop",
+            answer.model,
+        ),
     )
-    yield ("final", Outcome(final, None, len(input_ids), steps, finish, name))
 
 
 async def aiter_events(

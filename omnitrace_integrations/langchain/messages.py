@@ -15,8 +15,9 @@ Sources come from where LangChain users already put them:
   text model raises ``UnsupportedModalityError``, or transcribes audio with
   ``TracerConfig(audio_fallback="asr")``);
 - ``ToolMessage``s: ``Document``s in the message's ``artifact`` (e.g. a retriever tool with
-  ``response_format="content_and_artifact"``), else the tool's text output with the
-  ``tool_call_id`` as id;
+  ``response_format="content_and_artifact"``; each tagged with ``tool`` / ``tool_call_id``
+  metadata, a document returned twice is one source), else the tool's text output as one
+  source with id ``<tool name>:<tool_call_id>`` (so a citation says which tool call it was);
 - the ``sources=`` invocation kwarg: ``Document``s (id from ``Document.id``, else
   ``metadata["source"]``, else the position), ``TextSource``s or dicts.
 
@@ -49,7 +50,7 @@ logger = logging.getLogger("omnitrace.langchain")
 
 #: Block types that carry no source and no question text (ignored in input messages).
 _IGNORED_TYPES = frozenset(
-    {"reasoning", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result"}
+    {"reasoning", "tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result", "tool_use"}
 )
 #: Media content block types and the modality of their source (``image_url`` and
 #: ``input_audio`` are OpenAI Chat Completions blocks).
@@ -449,9 +450,19 @@ def _split_content(
     return "".join(texts), sources
 
 
+def tool_source_id(message: ToolMessage) -> str:
+    """The id a tool's text output is cited by: ``<tool name>:<call id>`` (the call id alone
+    when the message has no tool name)."""
+    return f"{message.name}:{message.tool_call_id}" if message.name else str(message.tool_call_id)
+
+
 def _tool_sources(
     message: ToolMessage, counter: list[int], policy: LocalMediaPolicy = NO_LOCAL_FILES
 ) -> tuple[str, list[Source]]:
+    """A tool result as sources: its artifact ``Document``s (``content_and_artifact`` tools,
+    e.g. a retriever: each keeps its id, tagged with the tool and call), else its text output
+    as one source named after the tool and the call."""
+    tool_meta = {"tool": message.name, "tool_call_id": message.tool_call_id}
     artifact = message.artifact
     if isinstance(artifact, Document):
         artifact = [artifact]
@@ -459,7 +470,9 @@ def _tool_sources(
         docs: list[Source] = []
         for doc in artifact:
             counter[0] += 1
-            docs.append(document_to_source(doc, counter[0]))
+            src = document_to_source(doc, counter[0])
+            meta = {**src.metadata, **{k: v for k, v in tool_meta.items() if v}}
+            docs.append(src.model_copy(update={"metadata": meta, "title": src.title or message.name}))
         return "", docs
     text, block_sources = _split_content(message, counter, policy)
     if block_sources:
@@ -468,10 +481,10 @@ def _tool_sources(
         return "", []
     return "", [
         TextSource(
-            id=message.tool_call_id,
+            id=tool_source_id(message),
             text=text,
             title=message.name or None,
-            metadata={"tool_call_id": message.tool_call_id, "tool": message.name},
+            metadata={k: v for k, v in tool_meta.items() if v},
         )
     ]
 
@@ -483,6 +496,7 @@ def read_messages(
     messages: Sequence[BaseMessage],
     extra_sources: Any = None,
     media_policy: LocalMediaPolicy = NO_LOCAL_FILES,
+    require_question: bool = True,
 ) -> ChatRequest:
     """Read the sources, question and system text from LangChain messages.
 
@@ -492,6 +506,7 @@ def read_messages(
         media_policy: Which local files media blocks may name (default: none; see
             :mod:`omnitrace_core.media.paths`). The ``sources=`` kwarg is the application's own
             and is not checked.
+        require_question: Raise when there is no human text (else ``question`` stays "").
 
     Returns:
         The request; ``sources`` is empty when nothing cites.
@@ -510,7 +525,9 @@ def read_messages(
     for message in messages:
         if isinstance(message, ToolMessage):
             _, found = _tool_sources(message, counter, media_policy)
-            request.sources.extend(found)
+            # The same document returned by two calls (a retriever asked twice) is one source.
+            seen = {(s.id, getattr(s, "text", None)) for s in request.sources}
+            request.sources.extend(s for s in found if (s.id, getattr(s, "text", None)) not in seen)
             continue
         text, found = _split_content(message, counter, media_policy)
         request.sources.extend(found)
@@ -533,6 +550,8 @@ def read_messages(
     ]
     last_user = max((i for i, (role, _) in enumerate(history) if role == "user"), default=None)
     if last_user is None:
+        if not require_question:  # e.g. a tool turn: the caller checks what it needs
+            return request
         raise InvalidInputError("no question: the messages contain no human text to answer")
     earlier = history[:last_user]
     question = history[last_user][1]

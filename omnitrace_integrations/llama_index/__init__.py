@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         OmniTraceAttributionEndEvent,
         OmniTraceSentenceCitedEvent,
     )
-    from omnitrace_integrations.llama_index.llm import OmniTraceLLM
+    from omnitrace_integrations.llama_index.llm import OmniTraceLLM, traced_answer
     from omnitrace_integrations.llama_index.markers import MarkerPlacer
     from omnitrace_integrations.llama_index.query_engine import OmniTraceCitationQueryEngine
     from omnitrace_integrations.llama_index.sources import PreparedSources, prepare_node_sources
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "OmniTraceLLM": "llm",
+    "traced_answer": "llm",
     "OmniTraceSynthesizer": "synthesizer",
     "OmniTraceCitationQueryEngine": "query_engine",
     "OmniTraceSentenceCitedEvent": "events",
@@ -56,6 +57,7 @@ __all__ = [
     "OmniTraceSynthesizer",
     "PreparedSources",
     "prepare_node_sources",
+    "traced_answer",
 ]
 
 

@@ -1,10 +1,21 @@
 """``OmniTraceLLM``: a LlamaIndex LLM whose answers cite their sources from attention.
 
-Sources come from ``CitableBlock`` / ``DocumentBlock`` content in the chat messages, or from
-the ``sources=`` keyword (nodes, ``NodeWithScore``, ``TextSource`` or dicts). The answer
-comes back as a ``ChatResponse`` whose message blocks are the answer text followed by one
+Sources come from ``CitableBlock`` / ``DocumentBlock`` content in the chat messages, from
+``tool`` messages (a tool's result, cited as ``<tool name>:<call id>``), or from the
+``sources=`` keyword (nodes, ``NodeWithScore``, ``TextSource`` or dicts). The answer comes back
+as a ``ChatResponse`` whose message blocks are the answer text followed by one
 ``CitationBlock`` per cited unit per sentence, with the whole core result (JSON-safe) in
-``additional_kwargs["omnitrace"]`` and as a :class:`omnitrace_core.TracedAnswer` in ``raw``.
+``additional_kwargs["omnitrace"]``.
+
+``response.raw`` of a finished answer is a dict: ``usage`` (``prompt_tokens``,
+``completion_tokens``, ``total_tokens``: what LlamaIndex's ``TokenCountingHandler`` reads),
+``finish_reason``, ``model`` and ``omnitrace`` (the :class:`omnitrace_core.TracedAnswer`, None
+without sources); :func:`traced_answer` returns the latter from any final response.
+
+It is a ``FunctionCallingLLM``: ``chat_with_tools`` / ``predict_and_call`` / LlamaIndex agents
+call tools under a grammar (the ``structured`` extra), so every call parses into
+``ToolCallBlock``s with arguments valid for the tool's schema; ``structured_predict`` /
+``as_structured_llm`` decode under the output class's JSON schema.
 
 Without sources (e.g. LlamaIndex's own prompts) it generates plainly with the same model
 and reports ``additional_kwargs["omnitrace"] = None``.
@@ -13,9 +24,10 @@ and reports ``additional_kwargs["omnitrace"] = None``.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -29,14 +41,24 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
     TextBlock,
+    ToolCallBlock,
+)
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.llm import (
+    LLMStructuredPredictEndEvent,
+    LLMStructuredPredictStartEvent,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
-from llama_index.core.llms.custom import CustomLLM
-from pydantic import Field, PrivateAttr
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
+from llama_index.core.program.utils import create_flexible_model
+from llama_index.core.prompts.base import BasePromptTemplate
+from llama_index.core.types import PydanticProgramMode
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from omnitrace_core import (
     Citation,
-    ContextLengthError,
     FinalEvent,
     InvalidInputError,
     SentenceAttribution,
@@ -46,7 +68,9 @@ from omnitrace_core import (
     Tracer,
     TracerConfig,
 )
+from omnitrace_core.decoding import Grammar, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
+from omnitrace_core.tools import ToolSpec, parse_tool_calls, tool_call_grammar
 from omnitrace_integrations.llama_index.events import AttributionSpan
 from omnitrace_integrations.llama_index.labels import SourceLabels
 from omnitrace_integrations.llama_index.sources import (
@@ -55,6 +79,15 @@ from omnitrace_integrations.llama_index.sources import (
     coerce_sources,
     parse_messages,
 )
+from omnitrace_integrations.llama_index.tools import (
+    conversation_turns,
+    tool_call_blocks,
+    tool_choice_name,
+    tool_specs,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+dispatcher = get_dispatcher(__name__)
 
 NO_SOURCES_NOTE = "no sources in the messages: generated plainly, nothing attributed"
 _DONE = object()
@@ -112,7 +145,74 @@ def answer_message(answer: TracedAnswer) -> ChatMessage:
     return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks)
 
 
-class OmniTraceLLM(CustomLLM):
+def usage_raw(answer: TracedAnswer, traced: bool) -> dict[str, Any]:
+    """``response.raw`` of a finished answer: ``usage`` where LlamaIndex's
+    ``TokenCountingHandler`` reads it (``raw["usage"]["prompt_tokens"]`` /
+    ``["completion_tokens"]``), ``finish_reason``, ``model``, and the core result under
+    ``omnitrace`` (None when nothing was attributed)."""
+    return {
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.generated_tokens,
+            "total_tokens": answer.prompt_tokens + answer.generated_tokens,
+        },
+        "finish_reason": answer.finish_reason or "stop",
+        "model": answer.model,
+        "omnitrace": answer if traced else None,
+    }
+
+
+def traced_answer(response: ChatResponse | CompletionResponse) -> TracedAnswer | None:
+    """The :class:`omnitrace_core.TracedAnswer` of a finished ``OmniTraceLLM`` response
+    (``raw["omnitrace"]``, else rebuilt from ``additional_kwargs["omnitrace"]``), or None
+    when the answer was not attributed (no sources, a tool call)."""
+    raw = response.raw
+    if isinstance(raw, dict) and isinstance(raw.get("omnitrace"), TracedAnswer):
+        return raw["omnitrace"]
+    data = response.additional_kwargs.get("omnitrace")
+    return TracedAnswer.model_validate(data) if isinstance(data, dict) else None
+
+
+def _final_kwargs(answer: TracedAnswer, traced: bool, notes: list[str]) -> dict[str, Any]:
+    return {
+        "omnitrace": answer.model_dump(mode="json") if traced else None,
+        "omnitrace_notes": notes,
+        "finish_reason": answer.finish_reason or "stop",
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.generated_tokens,
+    }
+
+
+def structured_kwargs(output_cls: type[BaseModel]) -> dict[str, Any]:
+    """Chat kwargs that make the reply one JSON object valid for ``output_cls``: the grammar
+    (objects closed, compact JSON) and the instruction showing the schema to the model."""
+    schema = output_cls.model_json_schema()
+    return {
+        "grammar": Grammar.json_schema(close_objects(schema)),
+        "format_instruction": json_instruction(schema),
+    }
+
+
+def parse_structured(output_cls: type[Model], response: ChatResponse) -> Model:
+    """``output_cls`` from a grammar-constrained reply.
+
+    Raises:
+        ValueError: the reply was cut by the token limit (incomplete JSON: raise
+            ``max_new_tokens``), or it does not validate (e.g. a pydantic validator refused it).
+    """
+    text = response.message.content or ""
+    if response.additional_kwargs.get("finish_reason") == "length":
+        raise ValueError(
+            f"the structured reply for {output_cls.__name__} was cut by the token limit before it "
+            f"was complete ({len(text)} characters): raise max_new_tokens"
+        )
+    try:
+        return output_cls.model_validate_json(text)
+    except ValidationError as exc:
+        raise ValueError(f"the reply is not a valid {output_cls.__name__}: {exc}; reply: {text!r}") from exc
+
+
+class OmniTraceLLM(FunctionCallingLLM):
     """A local Hugging Face model behind LlamaIndex's LLM interface, citing every sentence.
 
     Args:
@@ -180,13 +280,14 @@ class OmniTraceLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        """Context window and name of the loaded model (loads it on first access)."""
+        """Context window and name of the loaded model (loads it on first access); a function
+        calling model (tool calls are grammar-constrained)."""
         loaded = self.tracer.loaded
         return LLMMetadata(
             context_window=int(loaded.context_window),
             num_output=self.max_new_tokens,
             is_chat_model=True,
-            is_function_calling_model=False,
+            is_function_calling_model=True,
             model_name=str(loaded.name),
         )
 
@@ -199,6 +300,14 @@ class OmniTraceLLM(CustomLLM):
             sources: Extra sources (nodes, ``NodeWithScore``, ``TextSource``, dicts).
             split_sources: Override ``split_sources`` for this call.
             tracer_config: Override the tracer configuration for this call.
+            stop: Stop strings: decoding ends at the first one, which is cut from the answer
+                (with everything after it); citations cover the kept text.
+            tools: Tools the model may call (LlamaIndex tools or OpenAI-style dicts; usually
+                passed by :meth:`chat_with_tools`). ``tool_choice`` (``"auto"``,
+                ``"required"``, ``"none"``, a tool's name), ``tool_required`` and
+                ``parallel_tool_calls`` as in :meth:`chat_with_tools`.
+            grammar: An :class:`omnitrace_core.Grammar` the reply must match;
+                ``format_instruction``: text added to the system prompt with it.
             **kwargs: Passed to ``model.generate`` (e.g. ``max_new_tokens``).
         """
         return self._chat(messages, **kwargs)
@@ -206,7 +315,8 @@ class OmniTraceLLM(CustomLLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Like :meth:`chat`, streamed: a response per text delta and per completed sentence
-        (with its citation blocks appended); the last response equals :meth:`chat`'s."""
+        (with its citation blocks appended); the last response equals :meth:`chat`'s. A tool
+        call is never streamed as text: it arrives whole in the last response."""
         return self._stream(messages, **kwargs)
 
     @llm_chat_callback()
@@ -242,6 +352,178 @@ class OmniTraceLLM(CustomLLM):
         gen = self._stream([ChatMessage(role=MessageRole.USER, content=prompt)], **kwargs)
         return _to_async(_completion(r) for r in gen)
 
+    # -- tools -------------------------------------------------------------------------------------
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """``chat`` kwargs for a tool turn: the messages, the tools as core specs and the
+        choice (``tool_choice`` wins over ``tool_required``; the default is ``auto``).
+
+        Raises:
+            InvalidInputError: an object that is not a tool, two tools with one name, or an
+                unknown ``tool_choice`` (the bound tools are listed).
+        """
+        specs = tool_specs(tools)
+        choice = tool_choice_name(specs, tool_required, tool_choice) if specs else "none"
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg))
+        elif user_msg is not None:
+            messages.append(user_msg)
+        return {
+            "messages": messages,
+            "tools": specs,
+            "tool_choice": choice,
+            "parallel_tool_calls": allow_parallel_tool_calls,
+            **kwargs,
+        }
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The response's ``ToolCallBlock``s as ``ToolSelection``s (id, name, arguments).
+
+        Raises:
+            ValueError: no tool call and ``error_on_no_tool_call`` (a call the token limit cut
+                is named, with the advice to raise ``max_new_tokens``).
+        """
+        calls = [
+            ToolSelection(
+                tool_id=b.tool_call_id or "",
+                tool_name=b.tool_name,
+                tool_kwargs=b.tool_kwargs if isinstance(b.tool_kwargs, dict) else _json_object(b.tool_kwargs),
+            )
+            for b in response.message.blocks
+            if isinstance(b, ToolCallBlock)
+        ]
+        if not calls and error_on_no_tool_call:
+            invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
+            detail = (
+                f"; {len(invalid)} call(s) did not complete ({invalid[0]['error']}): raise max_new_tokens"
+                if invalid
+                else f"; the model answered in text: {(response.message.content or '')[:80]!r}"
+            )
+            raise ValueError(f"expected at least one tool call, got 0{detail}")
+        return calls
+
+    # -- structured output ---------------------------------------------------------------------
+    def _structured_messages(
+        self, prompt: BasePromptTemplate, prompt_args: dict[str, Any]
+    ) -> list[ChatMessage]:
+        return self._extend_messages(prompt.format_messages(llm=self, **prompt_args))
+
+    @dispatcher.span
+    def structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """``output_cls`` from the prompt, decoded under its JSON schema (so it always parses
+        unless the token limit cuts it). With sources in the prompt's messages or
+        ``llm_kwargs={"sources": ...}`` the JSON answer is attributed like any other.
+        ``pydantic_program_mode`` other than DEFAULT uses LlamaIndex's programs (``FUNCTION``:
+        a forced tool call, also grammar-constrained).
+
+        Raises:
+            ValueError: the reply was cut by the token limit (raise ``max_new_tokens``).
+        """
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._structured_messages(prompt, prompt_args)
+        response = self.chat(messages, **{**(llm_kwargs or {}), **structured_kwargs(output_cls)})
+        result = parse_structured(output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    @dispatcher.span
+    async def astructured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Model:
+        """Async :meth:`structured_predict` (decoding runs in a worker thread)."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._structured_messages(prompt, prompt_args)
+        response = await self.achat(messages, **{**(llm_kwargs or {}), **structured_kwargs(output_cls)})
+        result = parse_structured(output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result
+
+    @dispatcher.span
+    def stream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Generator[Any, None, None]:
+        """Partial objects (LlamaIndex ``FlexibleModel``s, fields filled as their JSON
+        arrives) while decoding, then the validated ``output_cls`` instance last."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return super().stream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages = self._structured_messages(prompt, prompt_args)
+        kwargs = {**(llm_kwargs or {}), **structured_kwargs(output_cls)}
+        return self._stream_structured(output_cls, self.stream_chat(messages, **kwargs))
+
+    @dispatcher.span
+    async def astream_structured_predict(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> AsyncGenerator[Any, None]:
+        """Async :meth:`stream_structured_predict`."""
+        if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
+            return await super().astream_structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        messages = self._structured_messages(prompt, prompt_args)
+        kwargs = {**(llm_kwargs or {}), **structured_kwargs(output_cls)}
+        return _to_async(self._stream_structured(output_cls, self._stream(messages, **kwargs)))
+
+    @staticmethod
+    def _stream_structured(
+        output_cls: type[Model], responses: Iterator[ChatResponse]
+    ) -> Generator[Any, None, None]:
+        flexible = create_flexible_model(output_cls)
+        last: ChatResponse | None = None
+        shown: dict[str, Any] | None = None
+        for last in responses:
+            if not last.delta:
+                continue
+            try:
+                data = parse_partial_json(last.message.content or "")
+            except (ValueError, TypeError):
+                continue
+            if isinstance(data, dict) and data and data != shown:
+                try:
+                    partial = flexible.model_validate(data)
+                except ValidationError:
+                    continue
+                shown = data
+                yield partial
+        if last is None:
+            raise ValueError("the model produced no response")
+        yield parse_structured(output_cls, last)
+
     # -- internals ---------------------------------------------------------------------------------
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         last: ChatResponse | None = None
@@ -252,6 +534,18 @@ class OmniTraceLLM(CustomLLM):
         return last
 
     def _stream(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Generator[ChatResponse, None, None]:
+        tools = tool_specs(kwargs.pop("tools", None))
+        choice = (
+            tool_choice_name(tools, bool(kwargs.pop("tool_required", False)), kwargs.pop("tool_choice", None))
+            if tools
+            else "none"
+        )
+        kwargs.pop("tool_required", None)
+        kwargs.pop("tool_choice", None)
+        parallel = bool(kwargs.pop("parallel_tool_calls", kwargs.pop("allow_parallel_tool_calls", False)))
+        kwargs.pop("allow_parallel_tool_calls", None)
+        grammar: Grammar | None = kwargs.pop("grammar", None)
+        instruction: str | None = kwargs.pop("format_instruction", None)
         parsed = parse_messages(messages, LocalMediaPolicy.create(self.media_root, self.allowed_media_paths))
         extra: Sequence[SourceLike] | None = kwargs.pop("sources", None)
         if extra:
@@ -261,15 +555,25 @@ class OmniTraceLLM(CustomLLM):
         config: TracerConfig | None = kwargs.pop("tracer_config", None)
         gen = {"max_new_tokens": self.max_new_tokens, **self.generate_kwargs, **kwargs}
         system = parsed.system_prompt or self.system_prompt
+        # A tool turn: tools are bound and either a call is forced or there is nothing to
+        # answer from yet. Once tool results (or other sources) are in, ``auto`` answers from
+        # them, citing them; a forced choice calls again.
+        if tools and choice != "none" and (choice != "auto" or not parsed.prepared.sources):
+            turns = conversation_turns(messages, "\n".join(x for x in (system, instruction) if x) or None)
+            gen["grammar"] = tool_call_grammar(tools, choice, parallel)
+            return self._tool_turn(turns, tools, parallel, gen, list(parsed.prepared.notes))
+        if grammar is not None:
+            gen["grammar"] = grammar
         if not parsed.prepared.sources:
-            return self._plain(parsed, system, gen)
+            return self._plain(parsed, "\n".join(x for x in (system, instruction) if x) or None, gen)
         tracer = self.tracer
-        updates: dict[str, Any] = {"split_sources": split}
-        if system:
-            updates["system_prompt"] = system
         # ``tracer_config`` applies per call too (e.g. audio_fallback="asr" with a given tracer).
-        cfg = (config or self.tracer_config or tracer.config).model_copy(update=updates)
-        return self._traced(tracer, parsed, cfg, gen)
+        base = config or self.tracer_config or tracer.config
+        updates: dict[str, Any] = {"split_sources": split}
+        prompt = "\n".join(x for x in (system or base.system_prompt, instruction) if x)
+        if prompt != base.system_prompt:
+            updates["system_prompt"] = prompt
+        return self._traced(tracer, parsed, base.model_copy(update=updates), gen)
 
     def _traced(
         self, tracer: Tracer, parsed: ParsedMessages, cfg: TracerConfig, gen: dict[str, Any]
@@ -303,11 +607,8 @@ class OmniTraceLLM(CustomLLM):
                     yield ChatResponse(
                         message=answer_message(answer),
                         delta="",
-                        raw=answer,
-                        additional_kwargs={
-                            "omnitrace": answer.model_dump(mode="json"),
-                            "omnitrace_notes": list(prepared.notes),
-                        },
+                        raw=usage_raw(answer, traced=True),
+                        additional_kwargs=_final_kwargs(answer, True, list(prepared.notes)),
                     )
         except GeneratorExit:
             span.drop(None)
@@ -319,70 +620,86 @@ class OmniTraceLLM(CustomLLM):
     def _plain(
         self, parsed: ParsedMessages, system: str | None, gen: dict[str, Any]
     ) -> Generator[ChatResponse, None, None]:
-        """No sources: plain generation with the same model (nothing to attribute)."""
-        from transformers import TextIteratorStreamer
-
+        """No sources: plain generation with the same model (nothing to attribute), through
+        :meth:`Tracer.chat` (stop strings, observers and spans as for a traced call)."""
         if not parsed.turns:
             raise InvalidInputError("the messages hold no text: nothing to answer")
         tracer = self.tracer
-        tok, model = tracer.tokenizer, tracer.model
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": r if r in ("user", "assistant") else "user", "content": t} for r, t in parsed.turns]
-        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        input_ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-        defaults = tracer.config.generation
-        kwargs: dict[str, Any] = {
-            "no_repeat_ngram_size": defaults.no_repeat_ngram_size,
-            "do_sample": defaults.do_sample,
-            **gen,
-        }
-        if not kwargs.get("do_sample"):
-            for key in ("temperature", "top_p", "top_k"):
-                kwargs.setdefault(key, None)
-        window = int(tracer.loaded.context_window)
-        n_prompt, n_new = int(input_ids.shape[1]), int(kwargs["max_new_tokens"])
-        if n_prompt + n_new > window:
-            raise ContextLengthError(
-                f"prompt is {n_prompt} tokens and {n_new} new tokens are requested: "
-                f"{n_prompt + n_new} > the model's context window of {window}"
-            )
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=input_ids.new_ones(input_ids.shape),
-                    streamer=streamer,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                    **kwargs,
-                )
-            except BaseException as exc:
-                failure.append(exc)
-                streamer.end()
+        notes = [*parsed.prepared.notes, NO_SOURCES_NOTE]
 
         def run() -> Generator[ChatResponse, None, None]:
-            worker = threading.Thread(target=work, name="omnitrace-llamaindex-plain", daemon=True)
-            worker.start()
             text = ""
-            for piece in streamer:
-                if piece:
-                    text += piece
-                    yield ChatResponse(message=_message(text, []), delta=piece)
-            worker.join()
-            if failure:
-                raise failure[0]
-            yield ChatResponse(
-                message=_message(text, []),
-                delta="",
-                additional_kwargs={
-                    "omnitrace": None,
-                    "omnitrace_notes": [*parsed.prepared.notes, NO_SOURCES_NOTE],
-                },
-            )
+            for event in tracer.chat(chat, **gen):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    yield ChatResponse(message=_message(text, []), delta=event.text)
+                elif isinstance(event, FinalEvent):
+                    yield ChatResponse(
+                        message=_message(event.answer.text, []),
+                        delta="",
+                        raw=usage_raw(event.answer, traced=False),
+                        additional_kwargs=_final_kwargs(event.answer, False, notes),
+                    )
 
         return run()
+
+    def _tool_turn(
+        self,
+        turns: list[dict[str, Any]],
+        tools: list[ToolSpec],
+        parallel: bool,
+        gen: dict[str, Any],
+        notes: list[str],
+    ) -> Generator[ChatResponse, None, None]:
+        """A reply that may (``auto``) or must call tools, decoded under the call grammar. A
+        text reply streams as it comes; a call arrives whole, as ``ToolCallBlock``s, in the
+        last response (a call the token limit cut is in ``additional_kwargs
+        ["invalid_tool_calls"]``, never guessed)."""
+        tracer = self.tracer
+
+        def run() -> Generator[ChatResponse, None, None]:
+            text = ""
+            is_text: bool | None = None  # decided by the first visible character
+            for event in tracer.chat(turns, tools=tools, parallel_tool_calls=parallel, **gen):
+                if isinstance(event, TextDelta):
+                    text += event.text
+                    if is_text is None and text.strip():
+                        is_text = not text.lstrip().startswith("<")
+                        if is_text:
+                            yield ChatResponse(message=_message(text, []), delta=text)
+                            continue
+                    if is_text:
+                        yield ChatResponse(message=_message(text, []), delta=event.text)
+                elif isinstance(event, FinalEvent):
+                    answer = event.answer
+                    calls = parse_tool_calls(answer.text)
+                    blocks: list[Any] = [TextBlock(text=calls.text)] if calls.text or not calls.calls else []
+                    blocks.extend(tool_call_blocks(calls))
+                    message_kwargs: dict[str, Any] = {}
+                    if calls.invalid:
+                        message_kwargs["invalid_tool_calls"] = [
+                            {"raw": raw, "error": error} for raw, error in calls.invalid
+                        ]
+                    yield ChatResponse(
+                        message=ChatMessage(
+                            role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=message_kwargs
+                        ),
+                        delta="",
+                        raw=usage_raw(answer, traced=False),
+                        additional_kwargs=_final_kwargs(answer, False, notes),
+                    )
+
+        return run()
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _message(text: str, cites: list[Any]) -> ChatMessage:

@@ -45,6 +45,7 @@ from omnitrace_core import InvalidInputError, TextSource
 from omnitrace_core.errors import MediaAccessError, MediaError
 from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
+from omnitrace_integrations.llama_index.tools import message_tool_calls, tool_result_name, tool_source_id
 
 logger = logging.getLogger("omnitrace.llama_index")
 
@@ -506,7 +507,9 @@ def parse_messages(
     -> a source with id its title (numbered if the title is the default or repeated);
     ``TextBlock`` -> the message's text; ``ImageBlock`` / ``AudioBlock`` / ``VideoBlock`` -> a
     media source with id ``<type>-<n>`` (``image-1``, ``audio-2``..., numbered over the media
-    blocks of all messages).
+    blocks of all messages); a ``tool`` message (a tool's result) -> a source with id
+    ``<tool name>:<tool_call_id>`` (the name from the message or from the assistant's earlier
+    call with that id), never a conversation turn.
 
     Raises:
         UnsupportedContentError: for a media block with only a remote URL (nothing is downloaded).
@@ -518,7 +521,15 @@ def parse_messages(
     turns: list[tuple[str, str]] = []
     doc_count = 0
     media_count = 0
+    calls_by_id: dict[str, str] = {}
     for message in messages:
+        if message.role == MessageRole.ASSISTANT:
+            calls_by_id.update(
+                {str(c["id"]): c["name"] for c in message_tool_calls(message) if c["id"] is not None}
+            )
+        if message.role == MessageRole.TOOL:
+            _add_tool_result(message, calls_by_id, prepared)
+            continue
         texts: list[str] = []
         for block in message.blocks:
             if isinstance(block, TextBlock):
@@ -563,6 +574,21 @@ def parse_messages(
         system_prompt="\n".join(system) or None,
         turns=turns,
     )
+
+
+def _add_tool_result(message: ChatMessage, calls_by_id: dict[str, str], prepared: PreparedSources) -> None:
+    """A ``tool`` message's text as one source with id ``<tool name>:<call id>`` (title: the
+    tool's name; metadata: ``tool`` and ``tool_call_id``), so an answer cites the tool result
+    each sentence came from. A result without text is skipped with a note."""
+    call_id = message.additional_kwargs.get("tool_call_id")
+    name = tool_result_name(message, calls_by_id)
+    sid = tool_source_id(name, call_id)
+    text = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock) and b.text.strip())
+    if not text:
+        prepared.note(f"tool result {sid!r} has no text and was skipped")
+        return
+    meta: dict[str, Any] = {"tool": name, "tool_call_id": None if call_id is None else str(call_id)}
+    prepared.add(TextSource(id=sid, text=text, title=name, metadata=meta))
 
 
 def _question(turns: list[tuple[str, str]]) -> str:

@@ -36,13 +36,14 @@ from llama_index.core.types import RESPONSE_TEXT_TYPE
 
 from omnitrace_core import (
     ContextLengthError,
+    InvalidInputError,
     SentenceAttribution,
     SentenceEvent,
     TextDelta,
     TracedAnswer,
 )
 from omnitrace_core.sources import Source
-from omnitrace_integrations.llama_index.llm import OmniTraceLLM, _to_async
+from omnitrace_integrations.llama_index.llm import OmniTraceLLM, _to_async, traced_answer
 from omnitrace_integrations.llama_index.markers import MarkerPlacer
 from omnitrace_integrations.llama_index.sources import PreparedSources, prepare_node_sources
 
@@ -290,7 +291,8 @@ class OmniTraceSynthesizer(BaseSynthesizer):
                         if n > len(source_nodes):
                             source_nodes.append(_cited_node(prepared.nodes[sid], None))
                             meta["omnitrace"]["markers"][str(n)] = sid
-                elif isinstance(raw, TracedAnswer):
+                elif isinstance(raw, dict) and isinstance(raw.get("omnitrace"), TracedAnswer):
+                    raw = raw["omnitrace"]
                     out = placer.finish(raw.text)
                     shown += out
                     final_nodes = _cited_nodes(placer, prepared, raw)
@@ -315,9 +317,12 @@ def _chain(first: ChatResponse, rest: Iterator[ChatResponse]) -> Iterator[ChatRe
 
 
 def _answer_of(response: ChatResponse) -> TracedAnswer:
-    if isinstance(response.raw, TracedAnswer):
-        return response.raw
-    return TracedAnswer.model_validate(response.additional_kwargs["omnitrace"])
+    answer = traced_answer(response)
+    if answer is None:
+        raise InvalidInputError(
+            "the LLM response carries no attributed answer (no sources reached the model)"
+        )
+    return answer
 
 
 def _lowest(sources: list[Source], prepared: PreparedSources) -> Source:

@@ -36,6 +36,7 @@ GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
 GEN_AI_REQUEST_TOP_P: Final = "gen_ai.request.top_p"
 GEN_AI_REQUEST_TOP_K: Final = "gen_ai.request.top_k"
 GEN_AI_REQUEST_SEED: Final = "gen_ai.request.seed"
+GEN_AI_REQUEST_STOP_SEQUENCES: Final = "gen_ai.request.stop_sequences"
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
@@ -53,6 +54,7 @@ REQUEST_PARAMETER_ATTRIBUTES: Final[dict[str, str]] = {
     "top_p": GEN_AI_REQUEST_TOP_P,
     "top_k": GEN_AI_REQUEST_TOP_K,
     "seed": GEN_AI_REQUEST_SEED,
+    "stop_sequences": GEN_AI_REQUEST_STOP_SEQUENCES,
 }
 
 # -- OpenInference ------------------------------------------------------------------------------

@@ -4,10 +4,11 @@
     ...  # every Tracer, created before or after, now emits spans
     OmniTraceInstrumentor().uninstrument()
 
-How it hooks (no core change): ``Tracer.generate``, ``Tracer.stream`` and ``Tracer.attribute``
-are wrapped (``wrapt``, as OpenInference instrumentations do); the wrapper attaches one shared
-:class:`OTelObserver` to the tracer instance before delegating (``add_observer`` is
-idempotent) and remembers the instance in a weak set. ``uninstrument`` unwraps the methods,
+How it hooks (no core change): ``Tracer.generate``, ``Tracer.stream``, ``Tracer.chat`` (calls
+without sources) and ``Tracer.attribute`` are wrapped (``wrapt``, as OpenInference
+instrumentations do); the wrapper attaches one shared :class:`OTelObserver` to the tracer
+instance before delegating (``add_observer`` is idempotent) and remembers the instance in a
+weak set. ``uninstrument`` unwraps the methods,
 detaches the observer from every remembered tracer and ends any span still open.
 """
 
@@ -24,7 +25,7 @@ from wrapt import wrap_function_wrapper
 from omnitrace_core.tracer import Tracer
 from omnitrace_integrations.otel.observer import OTelObserver
 
-_METHODS = ("generate", "stream", "attribute")
+_METHODS = ("generate", "stream", "chat", "attribute")
 
 
 class OmniTraceInstrumentor(BaseInstrumentor):

@@ -54,7 +54,9 @@ def request_attributes(request: Mapping[str, Any]) -> Attributes:
     attrs: Attributes = {}
     params: dict[str, Any] = {}
     for key, value in request.items():
-        if value is None or not isinstance(value, (str, bool, int, float)):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = list(value)  # e.g. stop_sequences: a string array attribute
+        elif value is None or not isinstance(value, (str, bool, int, float)):
             continue
         params[key] = value
         attrs[A.REQUEST_PARAMETER_ATTRIBUTES.get(key, A.OMNITRACE_REQUEST_PREFIX + key)] = value

@@ -162,7 +162,7 @@ def test_bind_sources_and_generation_kwargs(fake_tracer: FakeTracer, docs: list[
     assert msg.content[0]["annotations"]
     gen = fake_tracer.calls[0]["gen"]
     assert gen["max_new_tokens"] == 7 and gen["max_time"] == 3.0
-    assert gen["stop_strings"] == ["\n\n"] and gen["tokenizer"] is fake_tracer.tokenizer
+    assert gen["stop"] == ["\n\n"]  # the tracer validates, stops at and trims it
     assert "stopping_criteria" in gen  # cancellation hook
 
 
@@ -180,8 +180,10 @@ def test_unknown_kwargs_and_model_override_are_refused(
     fake_tracer: FakeTracer, docs: list[Any]
 ) -> None:
     llm = ChatOmniTrace(tracer=fake_tracer)
-    with pytest.raises(ValueError, match="tools"):
-        llm.invoke("q", sources=docs, tools=[{"name": "x"}])
+    with pytest.raises(ValueError, match="frobnicate"):
+        llm.invoke("q", sources=docs, frobnicate=1)
+    with pytest.raises(ValueError, match=r"tool_choice 'lookup' is not .* \(x\)"):
+        llm.invoke("q", sources=docs, tools=[{"name": "x"}], tool_choice="lookup")
     with pytest.raises(ValueError, match="model override"):
         llm.invoke("q", sources=docs, model="qwen2.5-0.5b")
 

@@ -56,8 +56,10 @@ def test_tool_messages_supply_sources() -> None:
         ToolMessage("The river is long.", tool_call_id="c2", name="lookup"),
     ]
     req = read_messages(msgs)
-    assert [s.id for s in req.sources] == ["town", "c2"]
+    assert [s.id for s in req.sources] == ["town", "lookup:c2"]  # named after the tool and call
     assert req.sources[1].title == "lookup"
+    assert req.sources[1].metadata == {"tool": "lookup", "tool_call_id": "c2"}
+    assert req.sources[0].metadata["tool_call_id"] == "c1"
     assert req.question == "Who is mayor?"
 
 

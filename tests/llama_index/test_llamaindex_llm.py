@@ -28,6 +28,7 @@ from omnitrace_integrations.llama_index import (
     OmniTraceLLM,
     OmniTraceSentenceCitedEvent,
 )
+from omnitrace_integrations.llama_index.llm import traced_answer
 
 
 def _messages() -> list[ChatMessage]:
@@ -64,10 +65,17 @@ def test_chat_returns_text_citation_blocks_and_the_core_result(fake_tracer: Fake
         "source_end_char_index": 18,
     }
     payload = response.additional_kwargs["omnitrace"]
-    assert TracedAnswer.model_validate(json.loads(json.dumps(payload))) == response.raw
+    answer = response.raw["omnitrace"]
+    assert TracedAnswer.model_validate(json.loads(json.dumps(payload))) == answer == traced_answer(response)
+    # usage where LlamaIndex's TokenCountingHandler reads it
+    assert response.raw["usage"] == {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.generated_tokens,
+        "total_tokens": answer.prompt_tokens + answer.generated_tokens,
+    }
     # the model saw short labels, the caller sees its own ids
     assert [s.id for s in fake_tracer.calls[0]["sources"]] == ["doc1", "doc2"]
-    assert response.raw.cited_source_ids == ["node-a", "node-b"]
+    assert answer.cited_source_ids == ["node-a", "node-b"]
 
 
 def test_stream_chat_yields_citations_as_sentences_complete_and_ends_like_chat(
@@ -173,3 +181,23 @@ def test_instrumentation_sees_a_span_and_an_event_per_sentence(fake_tracer: Fake
     closed = {s.id_: s for s in spans.completed_spans}
     assert span_id in closed and closed[span_id].parent_id is not None  # nested in the chat span
     assert closed[span_id].parent_id.startswith("OmniTraceLLM.chat-")  # type: ignore[union-attr]
+
+
+def test_stop_is_accepted_and_trims_the_answer(tiny_tracer):
+    """chat(stop=...) ends at the stop string, cuts it, with and without sources."""
+    from llama_index.core.base.llms.types import ChatMessage
+
+    from omnitrace_integrations.llama_index import OmniTraceLLM
+
+    llm = OmniTraceLLM(tracer=tiny_tracer, max_new_tokens=20)
+    msgs = [ChatMessage(role="user", content="hello there")]
+    plain = llm.chat(msgs).message.content
+    stop = plain[6:9]
+    cut = llm.chat(msgs, stop=[stop])
+    assert cut.message.content == plain[: plain.find(stop)]
+    assert cut.additional_kwargs["finish_reason"] == "stop"
+    traced = llm.chat(msgs, sources=[{"id": "d", "text": "The lighthouse stands 42 metres tall."}])
+    text = traced.raw["omnitrace"].text
+    stop2 = text[len(text) // 2 : len(text) // 2 + 3]
+    cut2 = llm.chat(msgs, sources=[{"id": "d", "text": "The lighthouse stands 42 metres tall."}], stop=stop2)
+    assert cut2.raw["omnitrace"].text == text[: text.find(stop2)] and cut2.raw["finish_reason"] == "stop"

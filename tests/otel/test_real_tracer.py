@@ -141,3 +141,32 @@ def test_packaged_model_end_to_end(
     names = [e["event"] for e in logs]
     assert names[0] == "generation_started" and names[-1] == "generation_finished"
     assert names.count("sentence_cited") + names.count("curation_empty") == len(answer.sentences)
+
+
+def test_calls_without_sources_get_a_span_too(
+    instrumented: OmniTraceInstrumentor,
+    span_exporter: InMemorySpanExporter,
+    tiny_model: Any,
+    tiny_tokenizer: Any,
+) -> None:
+    """A source-less call (LangChain, LlamaIndex, a tool turn) is a ``chat`` span with usage and
+    the stop sequences, and no sentence children."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.base.llms.types import ChatMessage
+
+    from omnitrace_integrations.langchain import ChatOmniTrace
+    from omnitrace_integrations.llama_index import OmniTraceLLM
+
+    tracer = Tracer(tiny_model, tiny_tokenizer, model_name="tiny-llama")
+    msg = ChatOmniTrace(tracer=tracer, max_tokens=8).invoke("hello there", stop=["zzz"])
+    response = OmniTraceLLM(tracer=tracer, max_new_tokens=6).chat([ChatMessage(role="user", content="hi")])
+    assert tracer.flush_observers()
+    spans = [s for s in span_exporter.get_finished_spans() if s.name == "chat tiny-llama"]
+    assert len(spans) == 2 and not [s for s in span_exporter.get_finished_spans() if s.name == A.SENTENCE_SPAN_NAME]
+    first, second = (dict(s.attributes or {}) for s in spans)
+    assert first[A.GEN_AI_USAGE_INPUT_TOKENS] == msg.usage_metadata["input_tokens"]  # type: ignore[index]
+    assert first[A.GEN_AI_USAGE_OUTPUT_TOKENS] == msg.usage_metadata["output_tokens"]  # type: ignore[index]
+    assert tuple(first[A.GEN_AI_REQUEST_STOP_SEQUENCES]) == ("zzz",)  # type: ignore[arg-type]
+    assert second[A.GEN_AI_USAGE_INPUT_TOKENS] == response.raw["usage"]["prompt_tokens"]
+    assert all(s.status.status_code != StatusCode.ERROR for s in spans)

@@ -114,3 +114,21 @@ def test_the_packaged_model_tokenizer_keeps_injected_tokens_as_text():
     clean = build_prompt(tok, [TextSource(id="a", text="Safe text.")], "Q?", "System.")
     dirty = build_prompt(tok, [TextSource(id="a", text=f"Safe text. {INJECTIONS[0]}")], f"Q? {INJECTIONS[1]}", "System.")
     assert _count(dirty.input_ids, start) == _count(clean.input_ids, start) == 3
+
+
+@pytest.mark.parametrize("payload", INJECTIONS, ids=[f"inj{k}" for k in range(len(INJECTIONS))])
+def test_a_conversation_without_sources_keeps_injected_tokens_as_text(tiny_tracer, payload):
+    """``Tracer.chat`` (source-less and tool turns of the adapters) encodes message text plainly."""
+    from omnitrace_core.tracer import _encode_conversation
+    from omnitrace_core.tools import render_prompt
+
+    tok = tiny_tracer.tokenizer
+    clean = [{"role": "user", "content": "How tall is it?"}]
+    dirty = [{"role": "user", "content": f"How tall is it? {payload}"}]
+    clean_ids = _encode_conversation(tok, render_prompt(tok, clean), clean)
+    dirty_ids = _encode_conversation(tok, render_prompt(tok, dirty), dirty)
+    for name in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        token_id = tok.convert_tokens_to_ids(name)
+        assert _count(dirty_ids, token_id) == _count(clean_ids, token_id), name
+    events = list(tiny_tracer.chat(dirty, max_new_tokens=2))
+    assert events[-1].answer.prompt_tokens == len(dirty_ids)

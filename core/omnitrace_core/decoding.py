@@ -1,0 +1,259 @@
+"""Decoding controls shared by every generation path: stop strings and grammar constraints.
+
+**Stop strings.** :func:`validate_stops` checks what a caller passed; :class:`StopMatcher`
+finds the first stop string in the text decoded so far and tells how much of it is safe to
+release while streaming (text that could still turn into a stop string is held back, so a
+stop string never reaches the caller, not even in part). The tracer ends decoding at a stop
+string (transformers' ``stop_strings``), trims the answer before it, reports
+``finish_reason="stop"`` and attributes the kept text only.
+
+**Grammars.** :class:`Grammar` is a JSON schema, a Lark grammar or a regular expression;
+:func:`grammar_processor` turns it into a transformers ``LogitsProcessor`` that masks every
+token the grammar does not allow, so the output always parses. The engine is llguidance
+(``pip install omnitrace-integrations[structured]``; why this one: ``docs/agents.md``). It
+plugs in as one more logits processor: the model, the attention capture and every other
+decoding step are unchanged, so traced and untraced constrained decoding produce the same
+tokens. While a grammar is active the tracer turns off its ``no_repeat_ngram_size`` default,
+which would otherwise forbid tokens the grammar requires (JSON repeats ``", "`` and ``": "``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from omnitrace_core.errors import InvalidInputError, MissingDependencyError
+
+#: At most this many stop strings per call (transformers compiles each into its stopping check).
+MAX_STOPS = 16
+
+GrammarKind = Literal["json_schema", "lark", "regex"]
+
+
+def validate_stops(stop: str | Sequence[str] | None) -> list[str]:
+    """The stop strings as a list; a single string is one stop string.
+
+    Raises:
+        InvalidInputError: a stop value that is not a non-empty string, or too many of them.
+    """
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, Sequence):
+        raise InvalidInputError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+    out: list[str] = []
+    for k, value in enumerate(stop):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"stop[{k}] must be a string, got {type(value).__name__} ({value!r})")
+        if value == "":
+            raise InvalidInputError(f"stop[{k}] is an empty string: an empty stop string would match at once")
+        if value not in out:
+            out.append(value)
+    if len(out) > MAX_STOPS:
+        raise InvalidInputError(f"{len(out)} stop strings given; at most {MAX_STOPS} are supported")
+    return out
+
+
+class StopMatcher:
+    """Finds stop strings in decoded text and how much text is safe to release."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = list(stops)
+
+    def find(self, text: str) -> int | None:
+        """Where the earliest stop string starts in ``text`` (None: no stop string)."""
+        hits = [i for s in self.stops if (i := text.find(s)) >= 0]
+        return min(hits) if hits else None
+
+    def safe_end(self, text: str) -> int:
+        """How many leading characters of ``text`` can be released: all but a trailing part
+        that is the beginning of some stop string (it may still complete into one)."""
+        held = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), held, -1):
+                if text.endswith(s[:n]):
+                    held = n
+                    break
+        return len(text) - held
+
+
+class Grammar(BaseModel):
+    """A constraint on the generated text.
+
+    Build one with :meth:`json_schema`, :meth:`lark` or :meth:`regex`. ``text`` is the schema
+    as JSON text, the Lark grammar, or the regular expression.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: GrammarKind
+    text: str
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str) -> Grammar:
+        """Output must be one JSON value valid for ``schema`` (compact: no whitespace between tokens)."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"the JSON schema is not valid JSON: {exc}") from exc
+        if not isinstance(schema, dict):
+            raise InvalidInputError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        return cls(kind="json_schema", text=json.dumps(schema, sort_keys=True))
+
+    @classmethod
+    def lark(cls, grammar: str) -> Grammar:
+        """Output must match a Lark grammar (llguidance's dialect, ``%json {...}`` included)."""
+        return cls(kind="lark", text=grammar)
+
+    @classmethod
+    def regex(cls, pattern: str) -> Grammar:
+        return cls(kind="regex", text=pattern)
+
+
+def json_instruction(schema: dict[str, Any] | None = None) -> str:
+    """What a model is told when its reply must be JSON: the grammar enforces the shape, this
+    text tells the model what the fields are for (shared by every adapter's structured output).
+    ``schema=None``: any JSON object."""
+    if schema is None:
+        return "Reply with one JSON object only."
+    return "Reply with one JSON object only, matching this JSON schema:\n" + json.dumps(
+        schema, ensure_ascii=False
+    )
+
+
+def close_objects(schema: Any) -> Any:
+    """A copy of a JSON schema whose objects allow only their listed properties (where the
+    schema says nothing about ``additionalProperties``). Pydantic models and tool signatures
+    leave it open; under a grammar an open object lets a model invent keys until the token
+    limit, while the parsers ignore or reject them anyway."""
+    if isinstance(schema, list):
+        return [close_objects(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: close_objects(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _llguidance() -> Any:
+    try:
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "constrained decoding (tool calls, structured output, JSON mode) needs llguidance: "
+            "pip install 'omnitrace-integrations[structured]'"
+        ) from exc
+    return llguidance
+
+
+_LL_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_LL_LOCK = threading.Lock()
+
+
+def _ll_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
+    """llguidance's view of a HF tokenizer (built once per tokenizer and vocabulary size: ~0.4 s)."""
+    llg = _llguidance()
+    with _LL_LOCK:
+        per = _LL_TOKENIZERS.setdefault(tokenizer, {})
+        if vocab_size not in per:
+            try:
+                per[vocab_size] = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+            except ValueError as exc:
+                raise InvalidInputError(
+                    f"constrained decoding needs a fast (Rust) Hugging Face tokenizer: {exc}"
+                ) from exc
+        return per[vocab_size]
+
+
+def grammar_source(grammar: Grammar) -> str:
+    """The llguidance grammar text for ``grammar``."""
+    llg = _llguidance()
+    if grammar.kind == "json_schema":
+        return str(
+            llg.LLMatcher.grammar_from_json_schema(
+                grammar.text, defaults={"whitespace_flexible": False, "lenient": True}
+            )
+        )
+    if grammar.kind == "lark":
+        return str(llg.LLMatcher.grammar_from_lark(grammar.text))
+    return str(llg.LLMatcher.grammar_from_regex(grammar.text))
+
+
+def check_grammar(grammar: Grammar) -> None:
+    """Raise :class:`InvalidInputError` naming the problem if the grammar does not compile."""
+    llg = _llguidance()
+    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar_source(grammar))
+    if is_error:
+        raise InvalidInputError(f"the {grammar.kind} grammar is invalid: {'; '.join(messages)}")
+
+
+class GrammarLogitsProcessor:
+    """A transformers logits processor that lets only grammar-allowed tokens through.
+
+    One instance per ``generate`` call (it follows that call's tokens). Once the grammar is
+    complete only end-of-sequence is allowed, so decoding stops with ``finish_reason="stop"``.
+    """
+
+    def __init__(self, tokenizer: Any, grammar: Grammar, vocab_size: int) -> None:
+        llg = _llguidance()
+        self.grammar = grammar
+        self._torch = llg.torch
+        lltok = _ll_tokenizer(tokenizer, vocab_size)
+        self.matcher = llg.LLMatcher(lltok, grammar_source(grammar), log_level=0)
+        if self.matcher.is_error():
+            raise InvalidInputError(f"the {grammar.kind} grammar is invalid: {self.matcher.get_error()}")
+        self.mask = llg.torch.allocate_token_bitmask(1, vocab_size)
+        self._prompt_len: int | None = None
+        self.steps = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != 1:
+            raise InvalidInputError("constrained decoding supports one sequence at a time")
+        if self._prompt_len is None:
+            self._prompt_len = int(input_ids.shape[1])
+        else:
+            if not self.matcher.consume_token(int(input_ids[0, -1])):
+                raise InvalidInputError(
+                    f"the model produced a token the {self.grammar.kind} grammar forbids "
+                    f"({self.matcher.get_error()})"
+                )
+        self.steps += 1
+        self._torch.fill_next_token_bitmask(self.matcher, self.mask)
+        return apply_bitmask(scores, self.mask)
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def apply_bitmask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set to ``-inf`` the scores of tokens whose bit is 0 in a packed int32 ``mask`` (one bit per
+    token id). Plain torch: llguidance's own helper compiles a kernel with ``torch.compile``,
+    which costs seconds on first use and needs a C compiler on CPU."""
+    vocab = scores.shape[-1]
+    allowed = ((mask.unsqueeze(-1) >> _BITS) & 1).reshape(mask.shape[0], -1)[:, :vocab]
+    if allowed.shape[-1] < vocab:  # logits wider than the tokenizer's vocabulary: padding ids
+        pad = allowed.new_zeros((allowed.shape[0], vocab - allowed.shape[-1]))
+        allowed = torch.cat([allowed, pad], dim=-1)
+    return scores.masked_fill(allowed.to(scores.device) == 0, float("-inf"))
+
+
+def grammar_processor(tokenizer: Any, model: Any, grammar: Grammar) -> GrammarLogitsProcessor:
+    """A fresh logits processor for one ``generate`` call over ``model``'s vocabulary.
+
+    Raises:
+        MissingDependencyError: llguidance is not installed (names the extra).
+        InvalidInputError: the grammar does not compile (with llguidance's message).
+    """
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    return GrammarLogitsProcessor(tokenizer, grammar, vocab)
