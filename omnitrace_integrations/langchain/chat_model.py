@@ -19,7 +19,7 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams, Langu
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from omnitrace_core import InvalidInputError, SentenceAttribution, Tracer, TracerConfig
 from omnitrace_core.models import DEFAULT_MODEL
@@ -36,6 +36,7 @@ from omnitrace_integrations.langchain.engine import (
     aiter_events,
     cancel_kwargs,
     plain_events,
+    remote_plain_events,
     shared_tracer,
     traced_events,
 )
@@ -91,6 +92,10 @@ class ChatOmniTrace(BaseChatModel):
         timeout: Seconds after which decoding stops (transformers ``max_time``).
         streaming: Route ``invoke`` through the streaming path (same result).
         device: Device for loading (``cpu``, ``cuda``...); ``dtype``, ``device_map`` likewise.
+        base_url: An ``omnitrace serve`` server to use instead of a local model
+            (``http://host:8000``): the same citations, callbacks and message shape; the trace
+            context goes along over HTTP. Needs the ``serve`` extra (httpx).
+        api_key: The server's bearer token (default: ``OMNITRACE_API_KEY``).
     """
 
     model_config = ConfigDict(
@@ -110,6 +115,8 @@ class ChatOmniTrace(BaseChatModel):
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
@@ -125,6 +132,7 @@ class ChatOmniTrace(BaseChatModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "signal": (self.tracer_config or TracerConfig()).signal,
+            **({"base_url": self.base_url} if self.base_url else {}),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -155,6 +163,17 @@ class ChatOmniTrace(BaseChatModel):
                     self.tracer = Tracer(
                         self.hf_model, self.hf_tokenizer, config=self.tracer_config
                     )
+                elif self.tracer is None and self.base_url is not None:
+                    import os
+
+                    from omnitrace_integrations.serving.client import RemoteTracer
+
+                    key = (
+                        self.api_key.get_secret_value()
+                        if self.api_key
+                        else os.environ.get("OMNITRACE_API_KEY")
+                    )
+                    self.tracer = RemoteTracer(self.base_url, api_key=key, timeout=self.timeout or 300.0)
                 elif self.tracer is None:
                     self.tracer = shared_tracer(
                         self.model_name,
@@ -206,6 +225,8 @@ class ChatOmniTrace(BaseChatModel):
             logger.info("no sources in the input: answering without citations")
 
             def make() -> Iterator[Event]:
+                if _is_remote(tracer):
+                    return remote_plain_events(tracer, request.turns, gen)
                 return plain_events(tracer, request.turns, gen)
 
         return request, make
@@ -228,7 +249,7 @@ class ChatOmniTrace(BaseChatModel):
         if stops:
             gen["stop_strings"] = stops
             gen["tokenizer"] = tracer.tokenizer
-        if self.timeout is not None:
+        if self.timeout is not None and not _is_remote(tracer):
             gen["max_time"] = float(self.timeout)
         for key in list(kwargs):
             if key in _GENERATION_KWARGS:
@@ -239,7 +260,7 @@ class ChatOmniTrace(BaseChatModel):
                 f"unsupported keyword argument(s) for ChatOmniTrace: {', '.join(sorted(kwargs))} "
                 "(tool calling and structured output are not supported)"
             )
-        if "seed" in gen:
+        if "seed" in gen and not _is_remote(tracer):  # a server seeds its own generator
             import torch
 
             torch.manual_seed(int(gen.pop("seed")))
@@ -484,3 +505,8 @@ class ChatOmniTrace(BaseChatModel):
         finally:
             cancel.set()
             await events.aclose()
+
+
+def _is_remote(tracer: Any) -> bool:
+    """Whether ``tracer`` is a server's (``RemoteTracer``) rather than a local model."""
+    return type(tracer).__module__ == "omnitrace_integrations.serving.client"

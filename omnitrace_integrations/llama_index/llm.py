@@ -125,6 +125,10 @@ class OmniTraceLLM(CustomLLM):
         tracer_config: Tracer configuration used when loading (and per call).
         generate_kwargs: Extra keyword arguments for ``model.generate``.
         load_kwargs: Extra keyword arguments for ``Tracer.from_pretrained`` (``device``, ``dtype``).
+        base_url: An ``omnitrace serve`` server to use instead of a local model: the same
+            citation blocks, sentence events and spans, with the trace context sent over HTTP
+            (``serve`` extra).
+        api_key: The server's bearer token (default: ``OMNITRACE_API_KEY``).
 
     Example:
         >>> llm = OmniTraceLLM(max_new_tokens=64)
@@ -141,6 +145,8 @@ class OmniTraceLLM(CustomLLM):
     tracer_config: TracerConfig | None = Field(default=None, description="Tracer configuration.")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra generate() kwargs.")
     load_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra from_pretrained() kwargs.")
+    base_url: str | None = Field(default=None, description="An omnitrace serve server (not a local model).")
+    api_key: str | None = Field(default=None, description="The server's bearer token.", exclude=True)
 
     _tracer: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -159,7 +165,14 @@ class OmniTraceLLM(CustomLLM):
         """The tracer, loading the model on first use (thread-safe)."""
         if self._tracer is None:
             with self._lock:
-                if self._tracer is None:
+                if self._tracer is None and self.base_url is not None:
+                    import os
+
+                    from omnitrace_integrations.serving.client import RemoteTracer
+
+                    key = self.api_key or os.environ.get("OMNITRACE_API_KEY")
+                    self._tracer = RemoteTracer(self.base_url, api_key=key)
+                elif self._tracer is None:
                     self._tracer = Tracer.from_pretrained(
                         self.model, config=self.tracer_config, **self.load_kwargs
                     )
@@ -307,14 +320,16 @@ class OmniTraceLLM(CustomLLM):
         self, parsed: ParsedMessages, system: str | None, gen: dict[str, Any]
     ) -> Generator[ChatResponse, None, None]:
         """No sources: plain generation with the same model (nothing to attribute)."""
-        from transformers import TextIteratorStreamer
-
         if not parsed.turns:
             raise InvalidInputError("the messages hold no text: nothing to answer")
         tracer = self.tracer
-        tok, model = tracer.tokenizer, tracer.model
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": r if r in ("user", "assistant") else "user", "content": t} for r, t in parsed.turns]
+        if type(tracer).__module__ == "omnitrace_integrations.serving.client":
+            return self._remote_plain(tracer, parsed, chat, gen)
+        from transformers import TextIteratorStreamer
+
+        tok, model = tracer.tokenizer, tracer.model
         prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         input_ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
         defaults = tracer.config.generation
@@ -370,6 +385,26 @@ class OmniTraceLLM(CustomLLM):
             )
 
         return run()
+
+
+    @staticmethod
+    def _remote_plain(
+        tracer: Any, parsed: ParsedMessages, chat: list[dict[str, str]], gen: dict[str, Any]
+    ) -> Generator[ChatResponse, None, None]:
+        """No sources, on a server (``RemoteTracer``): the same responses as :meth:`_plain`."""
+        text = ""
+        for event in tracer.chat_stream(chat, **gen):
+            if isinstance(event, TextDelta):
+                text += event.text
+                yield ChatResponse(message=_message(text, []), delta=event.text)
+        yield ChatResponse(
+            message=_message(text, []),
+            delta="",
+            additional_kwargs={
+                "omnitrace": None,
+                "omnitrace_notes": [*parsed.prepared.notes, NO_SOURCES_NOTE],
+            },
+        )
 
 
 def _message(text: str, cites: list[Any]) -> ChatMessage:

@@ -436,6 +436,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             stop=req.stop,
             no_repeat_ngram_size=req.omnitrace.no_repeat_ngram_size,
             tokenizer=tracer.tokenizer,
+            default_max_tokens=tracer.config.generation.max_new_tokens,
         )
         check_prompt(conv, cfg)
         cancel = threading.Event()
@@ -536,7 +537,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                 elif isinstance(event, SentenceEvent):
                     yield chunk(
                         {"annotations": sentence_annotations(event.sentence)},
-                        omnitrace={"sentence": sentence_record(event.sentence)},
+                        omnitrace={"sentence": sentence_record(event.sentence, req.omnitrace.include_answer)},
                     )
                 elif isinstance(event, (FinalEvent, PlainFinal)):
                     answer = event.answer if isinstance(event, FinalEvent) else None

@@ -100,7 +100,9 @@ def document_source(doc: Document, position: int) -> Source:
         raise ApiError(
             400, "invalid_document", f"{where} ({doc.id!r}): {doc.modality} needs data (a data: URL)", where
         )
-    return TextSource(id=doc.id, text=doc.text, title=doc.title, url=doc.url, metadata=doc.metadata)
+    return TextSource(
+        id=doc.id, text=doc.text, title=doc.title, url=doc.url, metadata=doc.metadata, label=doc.label
+    )
 
 
 def _content_text(message: Message, index: int, sources: list[Source]) -> str:
@@ -231,9 +233,15 @@ def generation_kwargs(
     stop: str | list[str] | None,
     no_repeat_ngram_size: int | None,
     tokenizer: Any,
+    default_max_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """OpenAI sampling fields -> ``model.generate`` kwargs (greedy unless temperature > 0)."""
-    wanted = max_tokens if max_tokens is not None else settings.max_tokens
+    """OpenAI sampling fields -> ``model.generate`` kwargs (greedy unless temperature > 0).
+
+    Without ``max_tokens`` the tracer's own default applies (``generation.max_new_tokens``),
+    capped by the server's ``max_tokens`` limit.
+    """
+    default = min(default_max_tokens or settings.max_tokens, settings.max_tokens)
+    wanted = max_tokens if max_tokens is not None else default
     if wanted > settings.max_tokens:
         raise ApiError(
             400,

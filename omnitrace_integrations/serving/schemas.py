@@ -32,6 +32,8 @@ class Document(BaseModel):
     title: str | None = None
     url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+    """Shown to the model in place of ``id`` (citations keep ``id``)."""
 
 
 class Message(BaseModel):
@@ -134,9 +136,10 @@ def answer_annotations(answer: TracedAnswer) -> list[dict[str, Any]]:
     return [a for s in answer.sentences for a in sentence_annotations(s)]
 
 
-def sentence_record(sentence: SentenceAttribution) -> dict[str, Any]:
-    """A sentence as sent in ``omnitrace.sentences`` and in each streamed citation event."""
-    return {
+def sentence_record(sentence: SentenceAttribution, include_attribution: bool = False) -> dict[str, Any]:
+    """A sentence as sent in ``omnitrace.sentences`` and in each streamed citation event
+    (with ``include_answer``, also the core ``SentenceAttribution`` as ``attribution``)."""
+    record = {
         "index": sentence.index,
         "text": sentence.text,
         "start_index": sentence.char_start,
@@ -145,6 +148,9 @@ def sentence_record(sentence: SentenceAttribution) -> dict[str, Any]:
         "source_mass": sentence.source_mass,
         "annotations": sentence_annotations(sentence),
     }
+    if include_attribution:
+        record["attribution"] = sentence.model_dump(mode="json")
+    return record
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -10,8 +10,17 @@ from omnitrace_core.cli import app
 def test_serve_is_a_command():
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
-    for flag in ("--max-body-bytes", "--max-sources", "--max-prompt-tokens", "--request-timeout", "--queue-size",
-                 "--api-key", "--ray", "--replicas", "--workers"):
+    for flag in (
+        "--max-body-bytes",
+        "--max-sources",
+        "--max-prompt-tokens",
+        "--request-timeout",
+        "--queue-size",
+        "--api-key",
+        "--ray",
+        "--replicas",
+        "--workers",
+    ):
         assert flag in result.output
 
 
