@@ -36,3 +36,13 @@ def serve_app():
     yield start
     for server in threads:
         server.stop()
+
+
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Run ``async def`` tests (the standard LangChain suite's too) with pytest-asyncio."""
+    import inspect
+
+    if inspect.iscoroutinefunction(obj) and not any(
+        m.name == "asyncio" for m in getattr(obj, "pytestmark", [])
+    ):
+        pytest.mark.asyncio(obj)
