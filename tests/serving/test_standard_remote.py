@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
-from tests.integration_tests import test_standard as in_process  # noqa: E402
+from tests.integration_tests import test_standard as in_process
 
 pytestmark = pytest.mark.model
 
