@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -380,6 +381,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
+            "pid": os.getpid(),
             "model": model_name,
             "busy": scheduler.busy,
             "queue_depth": scheduler.waiting,

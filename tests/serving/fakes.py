@@ -61,3 +61,12 @@ class EndlessTracer:
                 time.sleep(self.interval)
         finally:
             self.closed.set()
+
+
+def tiny_tracer_factory() -> Any:
+    """The tiny random Llama as a tracer, built in the process that calls it (a Ray replica)."""
+    from omnitrace_core import Tracer
+    from tests.conftest import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    return Tracer(build_tiny_model(len(tokenizer)), tokenizer, model_name="tiny-llama")
