@@ -357,8 +357,24 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
     async def start(
         make: Callable[[], Iterator[Any]], request: Request, deadline: float, cancel: threading.Event
     ) -> tuple[Any, AsyncGenerator[Any, None]]:
-        """Take the slot, start the worker, return its first event and the rest."""
-        await take_slot(deadline)
+        """Take the slot, start the worker, return its first event and the rest.
+
+        A client that disconnects while its request waits in the queue leaves the queue.
+        """
+        acquire = asyncio.ensure_future(take_slot(deadline))
+        gone = asyncio.ensure_future(wait_gone(request))
+        try:
+            await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+        if acquire.cancelled():
+            metrics.cancelled.inc()
+            raise ApiError(499, "client_closed", "the client closed the connection while its request waited")
+        acquire.result()  # 429 / 408 as ApiError
         events = pump(make, cancel, scheduler.release, _otel_context(request))
         try:
             first = await events.__anext__()
@@ -367,6 +383,10 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         except BaseException as exc:
             raise map_failure(exc) from exc
         return first, events
+
+    async def wait_gone(request: Request) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
 
     async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
         while not cancel.is_set():

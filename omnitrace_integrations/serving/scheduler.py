@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import threading
@@ -52,19 +53,26 @@ def cancel_kwargs(event: threading.Event) -> dict[str, Any]:
 
 
 class Scheduler:
-    """The model slot (one generation at a time) and its bounded wait queue."""
+    """The model slot (one generation at a time) and its bounded FIFO wait queue.
+
+    Runs on the event loop (no locks). A released slot is handed straight to the longest waiter,
+    so a newcomer never jumps the queue; a waiter that gives up (deadline, client gone) leaves
+    the queue, and if the slot was handed to it in that instant it passes the slot on.
+    """
 
     def __init__(self, queue_size: int, metrics: ServerMetrics) -> None:
         self.queue_size = queue_size
         self.metrics = metrics
-        self.waiting = 0
         self.busy = False
-        self._free: asyncio.Condition | None = None
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def _cond(self) -> asyncio.Condition:
-        if self._free is None:
-            self._free = asyncio.Condition()
-        return self._free
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _gauge(self) -> None:
+        self.metrics.queue_depth.set(len(self._waiters))
+        self.metrics.in_progress.set(1 if self.busy else 0)
 
     async def acquire(self, deadline: float) -> None:
         """Take the slot, waiting in the queue until ``deadline`` (``time.monotonic()``).
@@ -73,38 +81,43 @@ class Scheduler:
             QueueFull: the slot is busy and ``queue_size`` requests already wait.
             QueueTimeout: the deadline passed while waiting.
         """
-        cond = self._cond()
-        async with cond:
-            if not self.busy:
-                self._take()
-                return
-            if self.waiting >= self.queue_size:
-                raise QueueFull
-            self.waiting += 1
-            self.metrics.queue_depth.set(self.waiting)
-            try:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueueTimeout
-                try:
-                    await asyncio.wait_for(cond.wait_for(lambda: not self.busy), remaining)
-                except TimeoutError as exc:
-                    raise QueueTimeout from exc
-                self._take()
-            finally:
-                self.waiting -= 1
-                self.metrics.queue_depth.set(self.waiting)
+        if not self.busy and not self._waiters:
+            self.busy = True
+            self._gauge()
+            return
+        if len(self._waiters) >= self.queue_size:
+            raise QueueFull
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._gauge()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
+        except BaseException as exc:  # the deadline, or the request was cancelled
+            if fut.done() and not fut.cancelled():
+                self._hand_over()  # it was handed to us just now: pass it on
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            self._gauge()
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout from exc
+            raise
+        self._gauge()
 
-    def _take(self) -> None:
-        self.busy = True
-        self.metrics.in_progress.set(1)
+    def _hand_over(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot stays busy: it now belongs to that waiter
+                self._gauge()
+                return
+        self.busy = False
+        self._gauge()
 
     async def release(self) -> None:
-        cond = self._cond()
-        async with cond:
-            self.busy = False
-            self.metrics.in_progress.set(0)
-            cond.notify(1)
+        """Free the slot (or hand it to the next waiter)."""
+        self._hand_over()
 
 
 async def pump(

@@ -378,3 +378,68 @@ def test_a_network_bind_needs_a_key(tiny_tracer, monkeypatch):
     assert settings.api_key == "from-env" and settings.requires_key
     create_app(tiny_tracer, settings)
     assert not ServeSettings(host="0.0.0.0", auth="off").requires_key
+
+
+def test_a_client_that_leaves_while_queued_leaves_the_queue(tiny_tracer, serve_app):
+    gated = GatedTracer(tiny_tracer)
+    url = serve_app(gated, queue_size=1)
+    first: dict[str, httpx.Response] = {}
+    holder = threading.Thread(
+        target=lambda: first.setdefault(
+            "r", httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=2), timeout=60)
+        )
+    )
+    holder.start()
+    assert gated.started.wait(30)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{url}/v1/chat/completions", json=chat_body(max_tokens=2), timeout=httpx.Timeout(60, read=0.5)
+        )
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/health").json()["queue_depth"] != 0:
+        assert time.monotonic() < deadline, "the gone client still holds its queue place"
+        time.sleep(0.05)
+    # its place is free: another request queues (no 429) and is served after the first
+    late: dict[str, httpx.Response] = {}
+    waiter = threading.Thread(
+        target=lambda: late.setdefault(
+            "r", httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=2), timeout=60)
+        )
+    )
+    waiter.start()
+    while httpx.get(f"{url}/health").json()["queue_depth"] != 1:
+        assert time.monotonic() < deadline + 10, "the next request never queued"
+        time.sleep(0.02)
+    gated.gate.set()
+    holder.join(60)
+    waiter.join(60)
+    assert first["r"].status_code == 200 and late["r"].status_code == 200
+    assert gated.max_running == 1
+    assert (
+        'omnitrace_requests_total{endpoint="/v1/chat/completions",status="499"} 1.0'
+        in httpx.get(f"{url}/metrics").text
+    )
+
+
+def test_the_queue_is_first_in_first_out(tiny_tracer, serve_app):
+    gated = GatedTracer(tiny_tracer)
+    url = serve_app(gated, queue_size=3)
+    order: list[int] = []
+    lock = threading.Lock()
+
+    def post(k):
+        httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=2), timeout=60)
+        with lock:
+            order.append(k)
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(4)]
+    threads[0].start()
+    assert gated.started.wait(30)
+    for k in range(1, 4):
+        threads[k].start()
+        while httpx.get(f"{url}/health").json()["queue_depth"] != k:
+            time.sleep(0.02)
+    gated.gate.set()
+    for t in threads:
+        t.join(60)
+    assert order == [0, 1, 2, 3]
