@@ -156,7 +156,11 @@ def read_conversation(
     conv = Conversation()
     systems: list[str] = []
     history: list[tuple[str, str]] = []
+    calls: set[str] = set()  # tool call ids the assistant made so far (checked once there are any)
     for i, message in enumerate(messages):
+        for call in message.tool_calls or []:
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                calls.add(call["id"])
         text = _content_text(message, i, conv.sources)
         if message.role == "tool":
             if not message.tool_call_id:
@@ -164,6 +168,14 @@ def read_conversation(
                     400,
                     "invalid_message",
                     f"messages[{i}]: a tool message needs tool_call_id (its output is cited by that id)",
+                    f"messages[{i}].tool_call_id",
+                )
+            if calls and message.tool_call_id not in calls:
+                raise ApiError(
+                    400,
+                    "unknown_tool_call_id",
+                    f"messages[{i}]: tool_call_id {message.tool_call_id!r} answers no earlier assistant "
+                    f"tool call (known: {', '.join(sorted(calls))})",
                     f"messages[{i}].tool_call_id",
                 )
             conv.sources.append(TextSource(id=message.tool_call_id, text=text, title=message.name))

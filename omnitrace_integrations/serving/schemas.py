@@ -47,6 +47,7 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class OmniTraceOptions(BaseModel):

@@ -215,6 +215,18 @@ BAD = [
         400,
         "invalid_message",
     ),
+    (
+        "tool message answering an unknown call",
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+                {"role": "tool", "tool_call_id": "call_9", "content": "x"},
+            ]
+        },
+        400,
+        "unknown_tool_call_id",
+    ),
     ("unknown model", chat_body(model="gpt-4o"), 404, "model_not_found"),
     ("n > 1", chat_body(n=2), 400, "invalid_request"),
 ]
