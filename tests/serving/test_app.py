@@ -455,3 +455,17 @@ def test_the_queue_is_first_in_first_out(tiny_tracer, serve_app):
     for t in threads:
         t.join(60)
     assert order == [0, 1, 2, 3]
+
+
+def test_a_generation_past_the_request_timeout_stops_and_returns_what_it_has(tiny_tracer, serve_app):
+    url = serve_app(tiny_tracer, request_timeout_s=0.5, max_tokens=900)
+    t0 = time.monotonic()
+    r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(max_tokens=900), timeout=60)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert 0 < body["usage"]["completion_tokens"] < 900
+    assert body["choices"][0]["message"]["content"]
+    assert [s["text"] for s in body["omnitrace"]["sentences"]]  # the partial answer is still cited
+    assert elapsed < 10
