@@ -215,3 +215,16 @@ def test_trace_context_goes_over_http(tiny_model, tiny_tokenizer, serve_app):
     assert chat.context.trace_id == app.get_span_context().trace_id
     assert chat.parent is not None and chat.parent.span_id == app.get_span_context().span_id
     provider.shutdown()
+
+
+def test_closing_a_remote_stream_stops_the_servers_generation(tiny_tracer, serve_app):
+    from omnitrace_integrations.serving.client import RemoteTracer
+    from tests.serving.fakes import EndlessTracer
+
+    endless = EndlessTracer(tiny_tracer)
+    client = RemoteTracer(serve_app(endless))
+    events = client.stream(SOURCES, QUESTION, max_new_tokens=8)
+    for _, event in zip(range(5), events, strict=False):
+        assert isinstance(event, TextDelta)
+    events.close()
+    assert endless.closed.wait(10), "the server kept generating after the client closed its stream"
