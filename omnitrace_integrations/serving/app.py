@@ -295,6 +295,22 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         metrics.rejected.labels(exc.code).inc()
         return _error(exc.status, exc.code, exc.message, headers={"Connection": "close"})
 
+    @app.exception_handler(ValidationError)
+    async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
+        # A source the core refuses (blank id, empty media data, ...).
+        first = exc.errors()[0]
+        metrics.rejected.labels("invalid_input").inc()
+        return _error(400, "invalid_input", f"{exc.title}: {first['msg']}")
+
+    @app.exception_handler(OmniTraceError)
+    async def _omnitrace_error(request: Request, exc: OmniTraceError) -> JSONResponse:
+        return await _api_error(request, map_failure(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        metrics.rejected.labels("internal_error").inc()
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

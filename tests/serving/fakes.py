@@ -70,3 +70,19 @@ def tiny_tracer_factory() -> Any:
 
     tokenizer = build_tiny_tokenizer()
     return Tracer(build_tiny_model(len(tokenizer)), tokenizer, model_name="tiny-llama")
+
+
+class FailingTracer:
+    """Fails inside the generation: at once, or after ``after`` text deltas (mid-stream)."""
+
+    def __init__(self, tracer: Any, after: int = 0) -> None:
+        self.inner = tracer
+        self.after = after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for k in range(self.after):
+            yield TextDelta(text="partial ", token_index=k)
+        raise RuntimeError("the decoder blew up")

@@ -209,6 +209,14 @@ BAD = [
     ),
     ("media on a text model", chat_body(documents=[{"id": "img", "data": _png_data_url()}]), 400, None),
     ("duplicate ids", chat_body(documents=[DOCS[0], DOCS[0]]), 400, "duplicate_source_id"),
+    ("blank source id", chat_body(documents=[{"id": "  ", "text": "x"}]), 400, "invalid_input"),
+    (
+        "empty media data",
+        chat_body(documents=[{"id": "img", "data": "data:image/png;base64,"}]),
+        400,
+        "invalid_input",
+    ),
+    ("document with neither text nor data", chat_body(documents=[{"id": "d"}]), 400, "invalid_document"),
     (
         "tool message without id",
         {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "x"}]},
@@ -469,3 +477,32 @@ def test_a_generation_past_the_request_timeout_stops_and_returns_what_it_has(tin
     assert body["choices"][0]["message"]["content"]
     assert [s["text"] for s in body["omnitrace"]["sentences"]]  # the partial answer is still cited
     assert elapsed < 10
+
+
+def test_a_failing_generation_is_a_named_500_and_the_server_goes_on(tiny_tracer, serve_app):
+    from tests.serving.fakes import FailingTracer
+
+    url = serve_app(FailingTracer(tiny_tracer))
+    for _ in range(2):  # the slot is released after a failure
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat_body(), timeout=60)
+        assert r.status_code == 500
+        assert (
+            r.json()["error"]["code"] == "internal_error"
+            and "the decoder blew up" in r.json()["error"]["message"]
+        )
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_done(tiny_tracer, serve_app):
+    from tests.serving.fakes import FailingTracer
+
+    url = serve_app(FailingTracer(tiny_tracer, after=3))
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(stream=True), timeout=60) as r:
+        assert r.status_code == 200
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    error = json.loads(data[-2])["error"]
+    assert error["code"] == "internal_error" and "the decoder blew up" in error["message"]
+    assert (
+        "".join(json.loads(d)["choices"][0]["delta"].get("content", "") for d in data[:-2]) == "partial " * 3
+    )
+    assert httpx.get(f"{url}/health").json()["busy"] is False
