@@ -51,3 +51,22 @@ def test_a_missing_extra_is_named(monkeypatch):
     result = CliRunner().invoke(app, ["serve"])
     assert result.exit_code == 2
     assert "omnitrace-integrations[serve]" in result.output and "fastapi" in result.output
+
+
+def test_each_uvicorn_worker_builds_its_app_from_the_settings_in_the_environment(tiny_tracer, monkeypatch):
+    """``--workers N``: the settings reach every worker process through OMNITRACE_SERVE_SETTINGS."""
+    from omnitrace_integrations.serving import runner
+    from omnitrace_integrations.serving.settings import ServeSettings
+
+    loaded = []
+
+    def fake_load(model, threads):
+        loaded.append((model, threads))
+        return tiny_tracer
+
+    monkeypatch.setattr(runner, "load_tracer", fake_load)
+    monkeypatch.setenv(runner.SETTINGS_ENV, ServeSettings(model="tiny", queue_size=3).model_dump_json())
+    monkeypatch.setenv("OMNITRACE_SERVE_THREADS", "1")
+    app = runner.app_from_env()
+    assert loaded == [("tiny", 1)]
+    assert app.state.settings.queue_size == 3 and app.state.tracer is tiny_tracer
