@@ -36,8 +36,9 @@ MAX_STOPS = 16
 GrammarKind = Literal["json_schema", "lark", "regex"]
 
 
-def validate_stops(stop: str | Sequence[str] | None) -> list[str]:
-    """The stop strings as a list; a single string is one stop string.
+def validate_stops(stop: str | Sequence[str] | None, field: str = "stop") -> list[str]:
+    """The stop strings as a list; a single string is one stop string. ``field`` is the name
+    the caller used (``stop`` or transformers' ``stop_strings``), for the error message.
 
     Raises:
         InvalidInputError: a stop value that is not a non-empty string, or too many of them.
@@ -47,13 +48,17 @@ def validate_stops(stop: str | Sequence[str] | None) -> list[str]:
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, Sequence):
-        raise InvalidInputError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+        raise InvalidInputError(
+            f"{field}={stop!r}: must be a string or a list of strings, got {type(stop).__name__}"
+        )
     out: list[str] = []
     for k, value in enumerate(stop):
         if not isinstance(value, str):
-            raise InvalidInputError(f"stop[{k}] must be a string, got {type(value).__name__} ({value!r})")
+            raise InvalidInputError(f"{field}[{k}]={value!r}: must be a string, got {type(value).__name__}")
         if value == "":
-            raise InvalidInputError(f"stop[{k}] is an empty string: an empty stop string would match at once")
+            raise InvalidInputError(
+                f"{field}[{k}]='': is an empty string: an empty stop string would match at once"
+            )
         if value not in out:
             out.append(value)
     if len(out) > MAX_STOPS:

@@ -703,7 +703,11 @@ class Tracer:
         """``model.generate`` kwargs: the config's defaults, the caller's overrides, and the
         decoding controls ``stop`` (stop strings) and ``grammar`` (a :class:`Grammar`)."""
         overrides = dict(overrides)
-        stops = validate_stops(overrides.pop("stop", None) or overrides.pop("stop_strings", None))
+        if overrides.get("stop") is not None:
+            stops = validate_stops(overrides.pop("stop"), "stop")
+        else:
+            stops = validate_stops(overrides.pop("stop_strings", None), "stop_strings")
+        overrides.pop("stop", None)
         overrides.pop("stop_strings", None)
         grammar = overrides.pop("grammar", None)
         if grammar is not None and not isinstance(grammar, Grammar):

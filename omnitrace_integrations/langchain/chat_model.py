@@ -39,7 +39,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from langchain_core.utils.uuid import uuid7
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
 from omnitrace_core.decoding import close_objects, json_instruction
@@ -60,6 +60,7 @@ from omnitrace_integrations.langchain.engine import (
     aiter_events,
     cancel_kwargs,
     plain_events,
+    remote_plain_events,
     shared_tracer,
     traced_events,
 )
@@ -160,6 +161,10 @@ class ChatOmniTrace(BaseChatModel):
             it (and without ``allowed_media_paths``) local paths in messages are refused: a user
             message could otherwise make the model read any file on this machine.
         allowed_media_paths: Explicit local files media blocks may name, wherever they are.
+        base_url: An ``omnitrace serve`` server to use instead of a local model
+            (``http://host:8000``): the same citations, callbacks and message shape; the trace
+            context goes along over HTTP. Needs the ``serve`` extra (httpx).
+        api_key: The server's bearer token (default: ``OMNITRACE_API_KEY``).
     """
 
     model_config = ConfigDict(
@@ -181,6 +186,8 @@ class ChatOmniTrace(BaseChatModel):
     device_map: str | None = None
     media_root: str | None = None
     allowed_media_paths: list[str] | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _media_policy: LocalMediaPolicy | None = PrivateAttr(default=None)
@@ -203,6 +210,7 @@ class ChatOmniTrace(BaseChatModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "signal": (self.tracer_config or TracerConfig()).signal,
+            **({"base_url": self.base_url} if self.base_url else {}),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -235,6 +243,17 @@ class ChatOmniTrace(BaseChatModel):
                     self.tracer = Tracer(
                         self.hf_model, self.hf_tokenizer, config=self.tracer_config
                     )
+                elif self.tracer is None and self.base_url is not None:
+                    import os
+
+                    from omnitrace_integrations.serving.client import RemoteTracer
+
+                    key = (
+                        self.api_key.get_secret_value()
+                        if self.api_key
+                        else os.environ.get("OMNITRACE_API_KEY")
+                    )
+                    self.tracer = RemoteTracer(self.base_url, api_key=key, timeout=self.timeout or 300.0)
                 elif self.tracer is None:
                     self.tracer = shared_tracer(
                         self.model_name,
@@ -472,6 +491,11 @@ class ChatOmniTrace(BaseChatModel):
         # A tool turn: tools are bound and either a call is forced or there is no tool result
         # yet to answer from. Once results are in, ``auto`` answers from them, citing them.
         tool_turn = bool(tools) and choice != "none" and (choice != "auto" or not request.sources)
+        if (tool_turn or grammar is not None) and _is_remote(tracer):
+            raise InvalidInputError(
+                "tool calls and structured output are not served by `omnitrace serve` yet (the "
+                "grammar runs next to the model): use a local model (no base_url) for them"
+            )
         if tool_turn:
             gen["grammar"] = tool_call_grammar(tools, choice, parallel)
             turns = conversation_turns(messages)
@@ -508,6 +532,8 @@ class ChatOmniTrace(BaseChatModel):
                 turns = _with_system(turns, instruction)
 
             def make() -> Iterator[Event]:
+                if _is_remote(tracer):
+                    return remote_plain_events(tracer, turns, gen)
                 return plain_events(tracer, turns, gen)
 
         return request, make, False
@@ -535,7 +561,7 @@ class ChatOmniTrace(BaseChatModel):
         stops = check_stop_strings(raw_stops, "stop") if raw_stops is not None else []
         if stops:
             gen["stop"] = stops
-        if self.timeout is not None:
+        if self.timeout is not None and not _is_remote(tracer):
             gen["max_time"] = float(self.timeout)
         for key in list(kwargs):
             if key in _GENERATION_KWARGS:
@@ -547,7 +573,7 @@ class ChatOmniTrace(BaseChatModel):
                 "(supported: sources, tracer_config, max_tokens, temperature, stop, tools, tool_choice, "
                 f"parallel_tool_calls, {', '.join(sorted(_GENERATION_KWARGS))})"
             )
-        if "seed" in gen:
+        if "seed" in gen and not _is_remote(tracer):  # a server seeds its own generator
             import torch
 
             seed = gen.pop("seed")
@@ -895,3 +921,8 @@ class ChatOmniTrace(BaseChatModel):
         finally:
             cancel.set()
             await events.aclose()
+
+
+def _is_remote(tracer: Any) -> bool:
+    """Whether ``tracer`` is a server's (``RemoteTracer``) rather than a local model."""
+    return type(tracer).__module__ == "omnitrace_integrations.serving.client"

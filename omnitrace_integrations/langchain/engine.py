@@ -162,6 +162,27 @@ def plain_events(
     )
 
 
+def remote_plain_events(tracer: Any, turns: list[dict[str, str]], gen: dict[str, Any]) -> Iterator[Event]:
+    """Answer a conversation without sources on an ``omnitrace serve`` server (``RemoteTracer``)."""
+    from omnitrace_integrations.serving.plain import PlainFinal
+
+    for event in tracer.chat_stream(turns, **gen):
+        if isinstance(event, TextDelta):
+            yield ("delta", event.text)
+        elif isinstance(event, PlainFinal):
+            yield (
+                "final",
+                Outcome(
+                    event.text,
+                    None,
+                    event.prompt_tokens,
+                    event.generated_tokens,
+                    event.finish_reason,
+                    event.model,
+                ),
+            )
+
+
 async def aiter_events(
     make: Callable[[], Iterator[Event]], cancel: threading.Event
 ) -> AsyncGenerator[Event, None]:

@@ -231,6 +231,10 @@ class OmniTraceLLM(FunctionCallingLLM):
             paths must resolve inside it. Without it (and ``allowed_media_paths``) local paths
             in messages are refused (:mod:`omnitrace_core.media.paths`).
         allowed_media_paths: Explicit local files message blocks may name, wherever they are.
+        base_url: An ``omnitrace serve`` server to use instead of a local model: the same
+            citation blocks, sentence events and spans, with the trace context sent over HTTP
+            (``serve`` extra).
+        api_key: The server's bearer token (default: ``OMNITRACE_API_KEY``).
 
     Example:
         >>> llm = OmniTraceLLM(max_new_tokens=64)
@@ -254,6 +258,8 @@ class OmniTraceLLM(FunctionCallingLLM):
     allowed_media_paths: list[str] | None = Field(
         default=None, description="Explicit local files message blocks may name."
     )
+    base_url: str | None = Field(default=None, description="An omnitrace serve server (not a local model).")
+    api_key: str | None = Field(default=None, description="The server's bearer token.", exclude=True)
 
     _tracer: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -272,7 +278,14 @@ class OmniTraceLLM(FunctionCallingLLM):
         """The tracer, loading the model on first use (thread-safe)."""
         if self._tracer is None:
             with self._lock:
-                if self._tracer is None:
+                if self._tracer is None and self.base_url is not None:
+                    import os
+
+                    from omnitrace_integrations.serving.client import RemoteTracer
+
+                    key = self.api_key or os.environ.get("OMNITRACE_API_KEY")
+                    self._tracer = RemoteTracer(self.base_url, api_key=key)
+                elif self._tracer is None:
                     self._tracer = Tracer.from_pretrained(
                         self.model, config=self.tracer_config, **self.load_kwargs
                     )
@@ -628,6 +641,8 @@ class OmniTraceLLM(FunctionCallingLLM):
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": r if r in ("user", "assistant") else "user", "content": t} for r, t in parsed.turns]
         notes = [*parsed.prepared.notes, NO_SOURCES_NOTE]
+        if type(tracer).__module__ == "omnitrace_integrations.serving.client":
+            return self._remote_plain(tracer, parsed, chat, gen)
 
         def run() -> Generator[ChatResponse, None, None]:
             text = ""
@@ -644,6 +659,25 @@ class OmniTraceLLM(FunctionCallingLLM):
                     )
 
         return run()
+
+    @staticmethod
+    def _remote_plain(
+        tracer: Any, parsed: ParsedMessages, chat: list[dict[str, str]], gen: dict[str, Any]
+    ) -> Generator[ChatResponse, None, None]:
+        """No sources, on a server (``RemoteTracer``): the same responses as :meth:`_plain`."""
+        text = ""
+        for event in tracer.chat_stream(chat, **gen):
+            if isinstance(event, TextDelta):
+                text += event.text
+                yield ChatResponse(message=_message(text, []), delta=event.text)
+        yield ChatResponse(
+            message=_message(text, []),
+            delta="",
+            additional_kwargs={
+                "omnitrace": None,
+                "omnitrace_notes": [*parsed.prepared.notes, NO_SOURCES_NOTE],
+            },
+        )
 
     def _tool_turn(
         self,

@@ -243,3 +243,46 @@ def test_media_reaches_the_pipeline_through_plugins():
 
     assert "qwen-omni-vl" in [f.name for f in plugins.folder_loaders()]
     assert plugins.transcriber("asr") is not None
+
+
+# ------------------------------------------------------------------ the server is an adapter
+
+#: Web / serving frameworks the core never imports (the server lives in omnitrace_integrations.serving).
+SERVING_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "sse_starlette", "prometheus_client", "httpx", "ray.serve")
+
+
+def _imported_names(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+    out: list[tuple[str, ast.AST]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, node))
+    return out
+
+
+def test_core_never_imports_a_web_framework():
+    for path in CORE.rglob("*.py"):
+        for name, _ in _imported_names(ast.parse(path.read_text())):
+            assert not any(name == f or name.startswith(f + ".") for f in SERVING_FRAMEWORKS), (
+                f"{path} imports {name}: serving code belongs in omnitrace_integrations.serving"
+            )
+
+
+def test_only_the_serve_command_reaches_the_adapters_and_only_lazily():
+    """``omnitrace serve`` is the core's one door to ``omnitrace_integrations``: inside its function."""
+    reached: dict[str, list[str]] = {}
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        lazy = {
+            id(inner)
+            for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for inner in ast.walk(fn)
+        }
+        for name, node in _imported_names(tree):
+            if name.split(".")[0] == "omnitrace_integrations":
+                assert id(node) in lazy, f"{path} imports {name} at module level"
+                reached.setdefault(_module_name(path), []).append(name)
+    assert set(reached) == {"omnitrace_core.cli.serving"}, reached
+    assert all(n.startswith("omnitrace_integrations.serving") for n in reached["omnitrace_core.cli.serving"])

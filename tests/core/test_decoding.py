@@ -17,9 +17,9 @@ def test_validate_stops_names_the_problem():
     assert validate_stops(None) == []
     assert validate_stops("Observation:") == ["Observation:"]
     assert validate_stops(["a", "a", "b"]) == ["a", "b"]
-    with pytest.raises(InvalidInputError, match=r"stop\[1\] is an empty string"):
+    with pytest.raises(InvalidInputError, match=r"stop\[1\]=.*empty string"):
         validate_stops(["x", ""])
-    with pytest.raises(InvalidInputError, match=r"stop\[0\] must be a string, got int"):
+    with pytest.raises(InvalidInputError, match=r"stop\[0\]=3: must be a string, got int"):
         validate_stops([3])
     with pytest.raises(InvalidInputError, match="at most 16"):
         validate_stops([str(i) for i in range(17)])

@@ -119,8 +119,8 @@ def test_the_packaged_model_tokenizer_keeps_injected_tokens_as_text():
 @pytest.mark.parametrize("payload", INJECTIONS, ids=[f"inj{k}" for k in range(len(INJECTIONS))])
 def test_a_conversation_without_sources_keeps_injected_tokens_as_text(tiny_tracer, payload):
     """``Tracer.chat`` (source-less and tool turns of the adapters) encodes message text plainly."""
-    from omnitrace_core.tracer import _encode_conversation
     from omnitrace_core.tools import render_prompt
+    from omnitrace_core.tracer import _encode_conversation
 
     tok = tiny_tracer.tokenizer
     clean = [{"role": "user", "content": "How tall is it?"}]

@@ -1,0 +1,129 @@
+"""End to end on the packaged SmolLM2-135M-Instruct: a real uvicorn server, real HTTP requests.
+
+The citations the server returns (non-streaming and streaming) equal ``Tracer.generate`` on the
+same input; ChatOmniTrace and OmniTraceLLM with ``base_url`` equal their in-process selves.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from omnitrace_core import TextSource
+
+pytestmark = pytest.mark.model
+
+DOCS = [
+    {
+        "id": "harbor",
+        "title": "Harbor",
+        "text": "Port Veltra's harbor was dredged in 1911 so that steamships could dock.",
+    },
+    {
+        "id": "lighthouse",
+        "title": "Lighthouse",
+        "text": "The Veltra lighthouse stands 42 metres tall on Gannet Point.",
+    },
+    {
+        "id": "market",
+        "title": "Market",
+        "text": "The fish market of Port Veltra opens at five in the morning.",
+    },
+]
+SOURCES = [TextSource(**d) for d in DOCS]
+QUESTION = "How tall is the Veltra lighthouse?"
+
+
+@pytest.fixture(scope="module")
+def server_url(default_tracer):
+    from omnitrace_integrations.serving.app import create_app
+    from omnitrace_integrations.serving.runner import ServerThread
+    from omnitrace_integrations.serving.settings import ServeSettings
+
+    server = ServerThread(create_app(default_tracer, ServeSettings()))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(default_tracer):
+    return default_tracer.generate(SOURCES, QUESTION, max_new_tokens=24)
+
+
+def _cites(answer):
+    return [
+        (s.char_start, s.char_end, c.source_id, c.unit_id, c.score, c.cited_text)
+        for s in answer.sentences
+        for c in s.citations
+    ]
+
+
+def _ann(annotations):
+    return [
+        (b["start_index"], b["end_index"], b["source_id"], b["unit_id"], b["score"], b["cited_text"])
+        for b in (a["source_citation"] for a in annotations)
+    ]
+
+
+def test_non_streaming_citations_equal_tracer_generate(server_url, expected):
+    body = {
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "documents": DOCS,
+        "max_tokens": 24,
+    }
+    r = httpx.post(f"{server_url}/v1/chat/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    message = r.json()["choices"][0]["message"]
+    assert expected.sentences and any(s.citations for s in expected.sentences)
+    assert message["content"] == expected.text
+    assert _ann(message["annotations"]) == _cites(expected)
+
+
+def test_streaming_citations_equal_tracer_generate(server_url, expected):
+    body = {
+        "messages": [{"role": "user", "content": QUESTION}],
+        "documents": DOCS,
+        "max_tokens": 24,
+        "stream": True,
+    }
+    chunks = []
+    with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body, timeout=300) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+            elif line == "data: [DONE]":
+                break
+        else:
+            pytest.fail("the stream ended without [DONE]")
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == expected.text
+    anns = [a for d in deltas for a in d.get("annotations", [])]
+    assert _ann(anns) == _cites(expected)
+    per_sentence = [c for c in chunks if "sentence" in (c.get("omnitrace") or {})]
+    assert len(per_sentence) == len(expected.sentences)
+
+
+def test_langchain_and_llamaindex_clients_equal_in_process(server_url, default_tracer):
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.documents import Document
+    from llama_index.core.base.llms.types import ChatMessage, MessageRole
+    from llama_index.core.schema import TextNode
+
+    from omnitrace_integrations.langchain import ChatOmniTrace
+    from omnitrace_integrations.llama_index import OmniTraceLLM
+
+    docs = [Document(d["text"], id=d["id"]) for d in DOCS]
+    got = ChatOmniTrace(base_url=server_url, max_tokens=20).invoke(QUESTION, sources=docs)
+    want = ChatOmniTrace(tracer=default_tracer, max_tokens=20).invoke(QUESTION, sources=docs)
+    assert got.content == want.content and want.content[0].get("annotations")
+
+    nodes = [TextNode(text=d["text"], id_=d["id"]) for d in DOCS]
+    msg = [ChatMessage(role=MessageRole.USER, content=QUESTION)]
+    got_li = OmniTraceLLM(base_url=server_url, max_new_tokens=20).chat(msg, sources=nodes)
+    want_li = OmniTraceLLM(tracer=default_tracer, max_new_tokens=20).chat(msg, sources=nodes)
+    assert got_li.message.blocks == want_li.message.blocks and len(want_li.message.blocks) > 1
