@@ -27,7 +27,9 @@ INTRO = (
     "row the text the model generated), so the rows differ only in which sources each method "
     "cites. `omnitrace` is the attention-based tracer (the packaged SmolLM2-135M-Instruct, CPU); "
     "`random`, `lexical`, `embedding` and `carry_forward` are the model-free baselines of "
-    "[evaluation.md](evaluation.md), whose thresholds were picked on the dev set."
+    "[evaluation.md](evaluation.md), whose thresholds were picked on the dev set. The tables below "
+    "predate the learned heads and the reading-row mapping; per packaged model and with the current "
+    "defaults see [results-models.md](results-models.md)."
 )
 
 

@@ -131,7 +131,15 @@ class Calibration(BaseModel):
             )
 
     def tracer_config(self) -> TracerConfig:
-        """The tracer configuration this calibration recommends for its model."""
+        """The tracer configuration this calibration recommends for its model.
+
+        The fitted mapping, curation and grounding thresholds were chosen for the learned
+        heads; a calibration whose default signal is another one (shipped that way when the
+        learned heads did not win on both evaluation sets) recommends that signal with the
+        library's defaults, and the fitted settings stay with ``signal="learned"``.
+        """
+        if self.default_signal != "learned":
+            return TracerConfig(signal=self.default_signal)
         return TracerConfig(
             signal=self.default_signal,
             mapping=self.mapping or MappingConfig(),

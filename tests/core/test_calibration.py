@@ -95,6 +95,19 @@ def test_tracer_uses_the_calibrations_config_and_learned_signal(tiny_model, tiny
     assert plain.attribute(sources, "When?", "It was founded in 1905.").signal == "attmean"
 
 
+def test_a_calibration_defaulting_to_attmean_keeps_the_library_defaults(tiny_model, tiny_tokenizer, sources):
+    """The fitted settings belong to the learned heads: with ``default_signal="attmean"`` (heads
+    that did not win) the tracer runs AttMean with the library's mapping, learned stays opt-in."""
+    layers, heads = head_shape(tiny_model)
+    cal = _calibration(tiny_model, [[1.0] * heads for _ in range(layers)], mapping=MappingConfig(bias_correction="none"))
+    cal = cal.model_copy(update={"default_signal": "attmean"})
+    tracer = Tracer(tiny_model, tiny_tokenizer, model_name="tiny-llama", calibration=cal)
+    assert tracer.config == TracerConfig(signal="attmean")
+    assert tracer.attribute(sources, "When?", "It was founded in 1905.").signal == "attmean"
+    learned = tracer.attribute(sources, "When?", "It was founded in 1905.", config=TracerConfig(signal="learned"))
+    assert learned.signal == "learned"
+
+
 def test_learned_signal_without_a_calibration_names_the_fix(tiny_model, tiny_tokenizer):
     with pytest.raises(UnknownNameError, match="omnitrace calibrate"):
         Tracer(tiny_model, tiny_tokenizer, config=TracerConfig(signal="learned"))
@@ -137,3 +150,16 @@ def test_a_calibrations_grounding_thresholds_reach_the_verdict(tiny_model, tiny_
     answer = tracer.attribute(sources, "When was it founded?", "Valbrook Works was founded in 1905.")
     assert assess_grounding(answer).thresholds == strict  # the model's own, carried by the answer
     assert assess_grounding(answer, GroundingThresholds()).thresholds == GroundingThresholds()
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
+def test_shipped_calibrations_load_and_say_how_they_were_made(name):
+    from omnitrace_core.calibration import packaged_calibration
+    from omnitrace_core.models import PACKAGED_MODELS
+
+    cal = packaged_calibration(name)
+    assert cal is not None and cal.model == name and name in PACKAGED_MODELS
+    assert cal.fit["masks_per_prompt"] == 32 and cal.fit["prompts"] >= 40 and "calibration_prompts.py" in cal.fit["data"]
+    assert cal.fit["heldout_corr_learned"] > cal.fit["heldout_corr_uniform"]
+    assert cal.mapping is not None and cal.curation is not None and cal.grounding is not None
+    assert cal.tracer_config().signal == cal.default_signal

@@ -302,7 +302,7 @@ class ModelWorker:
             plain = TracerConfig()
             cfg = cfg.model_copy(update={"mapping": plain.mapping, "curation": plain.curation})
         elif signal.name == "learned" and calibration is not None:  # with the defaults fitted with it
-            fitted = calibration.tracer_config()
+            fitted = calibration.model_copy(update={"default_signal": "learned"}).tracer_config()
             cfg = cfg.model_copy(update={"mapping": fitted.mapping, "curation": fitted.curation})
         return self._assemble(
             row, srcs, layout, forced, cfg, method, cost(1, backward, time.perf_counter() - t0)
