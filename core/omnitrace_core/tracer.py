@@ -27,6 +27,7 @@ from omnitrace_core.calibration import Calibration, find_calibration, load_calib
 from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
+from omnitrace_core.detokenize import IncrementalDecoder
 from omnitrace_core.errors import (
     ContextLengthError,
     GenerationAbandoned,
@@ -119,6 +120,7 @@ class _TextSoFar:
         self.ids: list[int] = []
         self.text = ""
         self.finish = "length"
+        self._decoder = IncrementalDecoder(tokenizer)  # O(1) amortised per token
 
     def add(self, tok: int) -> tuple[int, int] | None:
         """Append a token; return the new text's ``(start, end)`` span, or None for a special token."""
@@ -127,8 +129,8 @@ class _TextSoFar:
                 self.finish = "stop"
             return None
         self.ids.append(tok)
-        new_text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if new_text.endswith("\ufffd"):  # incomplete UTF-8: wait for the next token
+        new_text = self._decoder.push(tok)
+        if new_text is None:  # incomplete UTF-8: wait for the next token
             new_text = self.text
         span = (len(self.text), len(new_text))
         self.text = new_text
