@@ -2,13 +2,19 @@
 
 Asking a model for ``output_attentions`` forces eager attention and materialises every
 layer's full ``(heads, N, N)`` matrix. Instead we register an attention function with
-transformers' ``AttentionInterface``: it delegates the layer output to sdpa unchanged (so
-traced and untraced generation produce the same tokens) and, only while a
-:class:`CaptureSession` is active in the current context, recomputes the softmax of the query
-rows we need against the cached keys (GQA-aware, fp32), reduces them with the signal and adds
-them to the session. Decode steps need one row per layer; the prefill needs only the last
-prompt row (the first generated token's attention, exact) and the reference rows used for bias
-correction.
+transformers' ``AttentionInterface``. Outside a :class:`CaptureSession` it is sdpa. Inside one:
+
+- a **prefill** (several queries) runs sdpa, then computes the softmax of only the query rows
+  we need against the keys (GQA-aware, fp32): the last prompt row (the first generated token's
+  attention) and the reference rows used for bias correction;
+- a **decode step** (one query) of a captured layer runs
+  :func:`~omnitrace_core.capture_kernels.decode_attention` (mode ``fused``, the default): the
+  attention is computed once and its probabilities are kept, with no second pass over the keys.
+  Mode ``exact`` keeps sdpa for the output and recomputes the row (the earlier behaviour).
+
+The rows are reduced with the signal and added to the session. :class:`BatchCaptureSession`
+does the same for a left-padded batch, one :class:`CaptureSession` per row in the row's own
+positions.
 
 State lives in a :class:`contextvars.ContextVar`, so two generations in two threads on one
 model never mix.
@@ -20,16 +26,19 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from omnitrace_core.capture_kernels import decode_attention, fusable
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import Signal
 
 ATTENTION_NAME = "omnitrace_sdpa"
 
-_ACTIVE: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar(
+CaptureMode = Literal["fused", "exact"]
+
+_ACTIVE: contextvars.ContextVar[CaptureSession | BatchCaptureSession | None] = contextvars.ContextVar(
     "omnitrace_capture", default=None
 )
 _REGISTER_LOCK = threading.Lock()
@@ -47,6 +56,9 @@ class CaptureSession:
             always captured.
         grad_mode: Compute attention in-graph and keep the probabilities for gradients
             (used by gradient signals; O(N^2) memory).
+        mode: ``fused`` (default): decode steps of captured layers compute attention once and
+            keep its probabilities; ``exact``: sdpa output, row recomputed (a second pass over
+            the keys; bit-identical layer outputs to plain sdpa).
     """
 
     def __init__(
@@ -55,13 +67,18 @@ class CaptureSession:
         num_layers: int,
         prefill_positions: Iterable[int] = (),
         grad_mode: bool = False,
+        mode: CaptureMode = "fused",
     ) -> None:
         self.signal = signal
         self.layers = frozenset(signal.layers(num_layers))
         if not self.layers:
             raise CaptureError(f"signal {signal.name!r} selects no layers")
+        if mode not in ("fused", "exact"):
+            raise CaptureError(f"capture mode must be 'fused' or 'exact', got {mode!r}")
         self.prefill_positions = sorted(set(prefill_positions))
         self.grad_mode = grad_mode
+        self.mode: CaptureMode = mode
+        self._share = 1.0 / len(self.layers)
         self.rows: dict[int, torch.Tensor] = {}
         self.layer_calls: dict[int, int] = {}
         self.grad_probs: dict[int, torch.Tensor] = {}
@@ -95,12 +112,98 @@ class CaptureSession:
                 return
         probs = attention_rows(query, key, attention_mask, scaling, rel, past)
         reduced = self.signal.reduce(probs, layer)
-        share = 1.0 / len(self.layers)
         for i, r in enumerate(rel):
             pos = past + r
-            contrib = reduced[i, : pos + 1] * share
-            prev = self.rows.get(pos)
-            self.rows[pos] = contrib if prev is None else prev + contrib
+            self._add(pos, reduced[i, : pos + 1])
+
+    def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        """A decode step's probabilities ``(1, H, K)`` from the fused kernel (captured layers only)."""
+        layer = int(getattr(module, "layer_idx", -1))
+        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
+        if probs.shape[0] != 1:
+            raise CaptureError("attention capture supports batch size 1 per call")
+        reduced = self.signal.reduce(probs.transpose(0, 1), layer)  # (1, K)
+        self._add(probs.shape[-1] - 1, reduced[0])
+
+    def wants_decode(self, layer: int) -> bool:
+        return self.mode == "fused" and layer in self.layers
+
+    def _add(self, pos: int, row: torch.Tensor) -> None:
+        """Add one layer's reduced row (over keys ``0..pos``) to the average over layers."""
+        contrib = row * self._share
+        prev = self.rows.get(pos)
+        self.rows[pos] = contrib if prev is None else prev.add_(contrib)
+
+
+class BatchCaptureSession:
+    """Capture for a left-padded batch: one :class:`CaptureSession` per row.
+
+    Row ``b``'s prompt starts at padded position ``offsets[b]``; its session sees positions and
+    keys in the row's own coordinates (padded position minus the offset), so its rows equal
+    those of the same prompt decoded alone.
+    """
+
+    grad_mode = False
+
+    def __init__(self, sessions: list[CaptureSession], offsets: list[int]) -> None:
+        if not sessions or len(sessions) != len(offsets):
+            raise CaptureError("a batch capture needs one session and one offset per row")
+        modes = {s.mode for s in sessions}
+        layers = {s.layers for s in sessions}
+        if len(modes) != 1 or len(layers) != 1:
+            raise CaptureError("the rows of a batch capture must share a signal's layers and a mode")
+        self.sessions = sessions
+        self.offsets = list(offsets)
+        self.layers = sessions[0].layers
+        self.mode: CaptureMode = sessions[0].mode
+
+    def wants_decode(self, layer: int) -> bool:
+        return self.mode == "fused" and layer in self.layers
+
+    def observe(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+    ) -> None:
+        layer = int(getattr(module, "layer_idx", -1))
+        if layer not in self.layers:
+            return
+        q_len, kv_len = query.shape[2], key.shape[2]
+        past = kv_len - q_len
+        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+            session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
+            if q_len == 1:
+                rel = [0]
+            else:
+                rel = [p + off - past for p in session.prefill_positions if past <= p + off < kv_len]
+                if not rel:
+                    continue
+            mask = (
+                attention_mask[b : b + 1]
+                if attention_mask is not None and attention_mask.shape[0] > 1
+                else attention_mask
+            )
+            probs = attention_rows(query[b : b + 1], key[b : b + 1], mask, scaling, rel, past)
+            reduced = session.signal.reduce(probs, layer)
+            for i, r in enumerate(rel):
+                pos = past + r
+                session._add(pos - off, reduced[i, off : pos + 1])
+
+    def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        layer = int(getattr(module, "layer_idx", -1))
+        pos = probs.shape[-1] - 1
+        signal = self.sessions[0].signal
+        reduced = signal.reduce(probs.transpose(0, 1), layer)  # (B, K): the batch as rows
+        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+            session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
+            if session.signal is not signal:
+                row = session.signal.reduce(probs[b : b + 1].transpose(0, 1), layer)[0]
+            else:
+                row = reduced[b]
+            session._add(pos - off, row[off:])
 
 
 def attention_rows(
@@ -149,7 +252,18 @@ def _traced_attention(
 
     session = _ACTIVE.get()
     if session is not None and session.grad_mode:
+        assert isinstance(session, CaptureSession)
         return _in_graph_attention(session, module, query, key, value, attention_mask, scaling)
+    if (
+        session is not None
+        and query.shape[2] == 1
+        and session.wants_decode(int(getattr(module, "layer_idx", -1)))
+        and fusable(module, kwargs)
+    ):
+        with torch.no_grad():
+            fused, probs = decode_attention(query, key, value, attention_mask, scaling)
+            session.observe_decode(module, probs)
+        return fused, None
     out = sdpa_attention_forward(
         module,
         query,
@@ -251,7 +365,9 @@ def _implementation_for(model: Any) -> str | dict[str, str]:
 
 
 @contextlib.contextmanager
-def capturing(session: CaptureSession) -> Iterator[CaptureSession]:
+def capturing(
+    session: CaptureSession | BatchCaptureSession,
+) -> Iterator[CaptureSession | BatchCaptureSession]:
     """Activate ``session`` for forward passes run in the current context."""
     token = _ACTIVE.set(session)
     try:

@@ -589,7 +589,10 @@ class Tracer:
         t0 = time.perf_counter()
         prompt_len = len(layout.input_ids)
         session = CaptureSession(
-            signal, self.loaded.num_layers, prefill_positions=[*layout.reference_positions, prompt_len - 1]
+            signal,
+            self.loaded.num_layers,
+            prefill_positions=[*layout.reference_positions, prompt_len - 1],
+            mode=cfg.capture,
         )
         decoding = self._start_decoding(layout, gen, session, threaded)
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
