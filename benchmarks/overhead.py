@@ -6,9 +6,10 @@ machine this was written on is a shared 2-core box whose load average sits near 
 jobs: wall-clock ratios there swing by 10-20% between runs, CPU seconds of a single-threaded
 process much less (contention still shows up as cache / memory-bandwidth pressure).
 
-**Memory** is the peak RSS of one process per mode (``plain`` / ``traced``), one generation each:
-traced / plain is what a user sees when they trace instead of calling ``model.generate``
-(the traced process also holds the spaCy sentence splitter).
+**Memory** is the peak RSS of one process per mode, one generation each: traced / plain is
+what a user sees when they trace instead of calling ``model.generate``; the traced process also
+holds the spaCy sentence splitter (~80 MB), so traced / ``plain_spacy`` (plain decoding with
+spaCy loaded) is what capture itself costs.
 
 **Breakdown**: one extra traced generation is instrumented (not timed with the others) and
 split into CPU seconds per generated token: model step (``model.generate`` minus capture),
@@ -253,6 +254,11 @@ def memory_worker(model_name: str, mode: str, length: int, new: int, capture: st
     model, tok = load(model_name)
     sources = _sources(tok, length)
     gen = _gen_kwargs(new)
+    if mode == "plain_spacy":  # plain decoding in a process that also holds the sentence splitter
+        from omnitrace_core.chunking import Chunker
+
+        Chunker().sentences("A warm-up sentence. And another one.")
+        Chunker().words("A warm-up sentence.")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if mode == "traced":
         tracer = Tracer(model, tok, config=TracerConfig(capture=capture), model_name=model_name)
@@ -285,6 +291,15 @@ def _sub(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _memory_ratios(entry: dict[str, Any]) -> None:
+    mem = entry.get("memory", {})
+    peak = {m: v["peak_rss_mb"] for m, v in mem.items() if "peak_rss_mb" in v}
+    if "traced" in peak and "plain" in peak:
+        entry["memory_ratio"] = peak["traced"] / peak["plain"]
+    if "traced" in peak and "plain_spacy" in peak:
+        entry["memory_ratio_vs_plain_spacy"] = peak["traced"] / peak["plain_spacy"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -293,6 +308,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--capture", default="fused", choices=["fused", "exact"])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    ap.add_argument(
+        "--memory-modes",
+        default="plain,plain_spacy,traced",
+        help="peak-RSS processes to run (plain_spacy: plain decoding with spaCy loaded, as the tracer has it)",
+    )
+    ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only run the memory processes, adding them to an existing --out file",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "LENGTH"))
     args = ap.parse_args()
@@ -328,6 +353,17 @@ def main() -> None:
         "memory": "peak RSS of one process per mode, one generation",
         "lengths": {},
     }
+    if args.memory_only:
+        results = json.loads(out.read_text())
+        for length in [int(x) for x in args.lengths.split(",")]:
+            entry = results["lengths"][str(length)]
+            mem = entry.setdefault("memory", {})
+            for m in args.memory_modes.split(","):
+                mem[m] = _sub(["--worker", m, str(length), *common])
+                print(length, m, mem[m].get("peak_rss_mb"), flush=True)
+            _memory_ratios(entry)
+            out.write_text(json.dumps(results, indent=1))
+        return
     print(f"model {args.model}, {args.new} new tokens, capture={args.capture}", flush=True)
     print(
         f"{'prompt':>7} {'plain s':>8} {'traced s':>9} {'time x':>7} {'mem x':>6} | per token ms: "
@@ -344,10 +380,10 @@ def main() -> None:
         entry["prompt_tokens"] = timing["prompt_tokens"]
         entry["time_ratio"] = timing["time_ratio"]
         if not args.no_memory:
-            mem = {m: _sub(["--worker", m, str(length), *common]) for m in ("plain", "traced")}
-            entry["memory"] = mem
-            if all("peak_rss_mb" in v for v in mem.values()):
-                entry["memory_ratio"] = mem["traced"]["peak_rss_mb"] / mem["plain"]["peak_rss_mb"]
+            entry["memory"] = {
+                m: _sub(["--worker", m, str(length), *common]) for m in args.memory_modes.split(",")
+            }
+            _memory_ratios(entry)
         results["lengths"][str(length)] = entry
         bd = timing["breakdown_ms_per_token"]
         med = timing["median_cpu_s"]

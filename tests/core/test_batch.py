@@ -140,3 +140,37 @@ def test_packaged_model_batch_rows_equal_batch_of_one(default_tracer):
     for (srcs, q), got in zip(reqs, batched, strict=True):
         alone = default_tracer.generate(srcs, q, max_new_tokens=32)
         assert _comparable(got) == _comparable(alone)
+
+
+def test_predict_rows_in_batches_write_the_same_lines_in_order(tiny_tracer, sources):
+    import io
+
+    from omnitrace_core.evaluation.bench import RowError, predict_rows
+
+    srcs = [s.model_dump(exclude_none=True) for s in sources]
+    rows = [
+        {"id": "g1", "task": "qa_single", "sources": srcs, "question": "How tall is the lighthouse?"},
+        {
+            "id": "f1",
+            "task": "teacher_forced",
+            "sources": srcs,
+            "question": "Q?",
+            "response": "It is 42 metres.",
+        },
+        {"id": "bad", "task": "qa_single", "sources": [{"id": "x"}], "question": "Q?"},
+        RowError(4, "line 4 is not JSON"),
+        {"id": "g2", "task": "qa_multi", "sources": srcs[:2], "question": "When was Valbrook founded?"},
+        {"id": "g3", "task": "summary", "sources": srcs[1:], "question": "Summarise."},
+    ]
+    outs, problems = [], []
+    for size in (1, 3):
+        buf = io.StringIO()
+        seen: list[str] = []
+        counts = predict_rows(
+            tiny_tracer, rows, buf, max_new_tokens=12, batch_size=size, on_problem=seen.append
+        )
+        outs.append(buf.getvalue())
+        problems.append((counts, len(seen), any("'bad'" in m for m in seen)))
+    assert [json.loads(x)["id"] for x in outs[1].splitlines()] == ["g1", "f1", "g2", "g3"]
+    assert outs[0] == outs[1]
+    assert problems[0] == problems[1] == ((4, 2), 2, True)
