@@ -113,8 +113,12 @@ def load(name: str) -> tuple[Any, Any]:
         tie_word_embeddings=True,
         **SHAPES[name.split(":", 1)[1]],
     )
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: no fp32 copy inflating the peak
+    try:
+        model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
 
