@@ -80,10 +80,11 @@ class CaptureSession:
         self.mode: CaptureMode = mode
         self._share = 1.0 / len(self.layers)
         self._rows: dict[int, torch.Tensor] = {}
-        # Decode steps keep each layer's probabilities here and reduce them all at once when a
-        # row is read: one stacked reduction instead of a few small tensor ops per layer (under
-        # load each small op costs tens of microseconds with cold caches). The lock guards the
-        # hand-over when stream() reads rows while its worker thread decodes.
+        # A decode step keeps each captured layer's probabilities here until its last layer
+        # has reported, then reduces them in one stacked op (instead of a few small tensor ops
+        # per layer: under load each costs tens of microseconds with cold caches). Only the
+        # running step is ever held, so memory stays one step's probabilities. The lock guards
+        # the hand-over when stream() reads rows while its worker thread decodes.
         self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
         self._lock = threading.Lock()
         self._mean_over_heads = type(signal).reduce is Signal.reduce
@@ -145,9 +146,14 @@ class CaptureSession:
         return self.mode == "fused" and layer in self.layers
 
     def _pend(self, pos: int, layer: int, probs: torch.Tensor) -> None:
-        """Keep one layer's ``(H, pos + 1)`` probabilities of a decode step until a row is read."""
+        """Keep one layer's ``(H, pos + 1)`` probabilities of a decode step; reduce the step
+        once every captured layer has reported (and any older step still held)."""
         with self._lock:
-            self._pending.setdefault(pos, []).append((layer, probs))
+            items = self._pending.setdefault(pos, [])
+            items.append((layer, probs))
+            ready = len(items) >= len(self.layers) or len(self._pending) > 1
+        if ready:
+            self._flush()
 
     def _flush(self, everything: bool = False) -> None:
         """Reduce the pending decode steps. The newest one may still be running in a decode

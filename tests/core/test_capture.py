@@ -221,3 +221,21 @@ def test_batch_capture_rows_equal_rows_of_each_prompt_alone(model, mode):
         for pos, row in alone.rows.items():
             assert sessions[b].row(pos).shape == row.shape
             assert torch.max(torch.abs(sessions[b].row(pos) - row)) <= 1e-5
+
+
+def test_decode_capture_holds_at_most_one_step_of_probabilities(model):
+    """Each decode step is reduced as soon as its last captured layer reports: nothing of a
+    finished step stays pending (memory stays one step's probabilities, however long the answer)."""
+    prompt = torch.randint(0, 300, (1, 10))
+    session = CaptureSession(AttMean(), 3, [9])
+    held = []
+    original = session._pend
+
+    def spy(pos, layer, probs):
+        original(pos, layer, probs)
+        held.append(sum(len(v) for v in session._pending.values()))
+
+    session._pend = spy
+    _greedy(model, prompt, new=8, session=session)
+    assert held and max(held) < 3 and held[-1] == 0
+    assert sorted(session.rows) == list(range(9, 17))
