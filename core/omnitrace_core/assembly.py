@@ -81,6 +81,7 @@ class SentenceAssembler:
         self.sentences: list[SentenceAttribution] = []
         self.errors: list[str] = []
         self._committed = 0  # answer chars already assigned to committed sentences
+        self._first_open = 0  # tokens before this one end before the last committed sentence
         self._after_terminator = False
 
     def add(
@@ -95,8 +96,10 @@ class SentenceAssembler:
         has_terminator = any(t in token for t in _TERMINATORS)
         near_boundary = self._after_terminator or has_terminator
         self._after_terminator = has_terminator
+        if not near_boundary:  # checked first: the tail is not even sliced on most tokens
+            return []
         tail = text[self._committed :]
-        if not near_boundary or not any(t in tail for t in _TERMINATORS):
+        if not any(t in tail for t in _TERMINATORS):
             return []
         try:
             spans = self.chunker.sentences(tail)
@@ -178,7 +181,11 @@ class SentenceAssembler:
             self.errors.append(message)
 
     def _commit(self, a: int, b: int) -> SentenceAttribution:
-        toks = [t for t in self.tokens if t.end > a and t.start < b and t.end > t.start]
+        # Sentences are committed in order and token spans are monotonic: skip the tokens that
+        # end before this sentence once and for all (amortised O(1) per token).
+        while self._first_open < len(self.tokens) and self.tokens[self._first_open].end <= a:
+            self._first_open += 1
+        toks = [t for t in self.tokens[self._first_open :] if t.end > a and t.start < b and t.end > t.start]
         first = toks[0].index if toks else len(self.tokens)
         last = toks[-1].index + 1 if toks else first
         citations: list[Citation] = []

@@ -2,13 +2,19 @@
 
 Asking a model for ``output_attentions`` forces eager attention and materialises every
 layer's full ``(heads, N, N)`` matrix. Instead we register an attention function with
-transformers' ``AttentionInterface``: it delegates the layer output to sdpa unchanged (so
-traced and untraced generation produce the same tokens) and, only while a
-:class:`CaptureSession` is active in the current context, recomputes the softmax of the query
-rows we need against the cached keys (GQA-aware, fp32), reduces them with the signal and adds
-them to the session. Decode steps need one row per layer; the prefill needs only the last
-prompt row (the first generated token's attention, exact) and the reference rows used for bias
-correction.
+transformers' ``AttentionInterface``. Outside a :class:`CaptureSession` it is sdpa. Inside one:
+
+- a **prefill** (several queries) runs sdpa, then computes the softmax of only the query rows
+  we need against the keys (GQA-aware, fp32): the last prompt row (the first generated token's
+  attention) and the reference rows used for bias correction;
+- a **decode step** (one query) of a captured layer runs
+  :func:`~omnitrace_core.capture_kernels.decode_attention` (mode ``fused``, the default): the
+  attention is computed once and its probabilities are kept, with no second pass over the keys.
+  Mode ``exact`` keeps sdpa for the output and recomputes the row (the earlier behaviour).
+
+The rows are reduced with the signal and added to the session. :class:`BatchCaptureSession`
+does the same for a left-padded batch, one :class:`CaptureSession` per row in the row's own
+positions.
 
 State lives in a :class:`contextvars.ContextVar`, so two generations in two threads on one
 model never mix.
@@ -20,16 +26,19 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from omnitrace_core.capture_kernels import decode_attention, fusable
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import Signal
 
 ATTENTION_NAME = "omnitrace_sdpa"
 
-_ACTIVE: contextvars.ContextVar[CaptureSession | None] = contextvars.ContextVar(
+CaptureMode = Literal["fused", "exact"]
+
+_ACTIVE: contextvars.ContextVar[CaptureSession | BatchCaptureSession | None] = contextvars.ContextVar(
     "omnitrace_capture", default=None
 )
 _REGISTER_LOCK = threading.Lock()
@@ -47,6 +56,9 @@ class CaptureSession:
             always captured.
         grad_mode: Compute attention in-graph and keep the probabilities for gradients
             (used by gradient signals; O(N^2) memory).
+        mode: ``fused`` (default): decode steps of captured layers compute attention once and
+            keep its probabilities; ``exact``: sdpa output, row recomputed (a second pass over
+            the keys; bit-identical layer outputs to plain sdpa).
     """
 
     def __init__(
@@ -55,20 +67,43 @@ class CaptureSession:
         num_layers: int,
         prefill_positions: Iterable[int] = (),
         grad_mode: bool = False,
+        mode: CaptureMode = "fused",
     ) -> None:
         self.signal = signal
         self.layers = frozenset(signal.layers(num_layers))
         if not self.layers:
             raise CaptureError(f"signal {signal.name!r} selects no layers")
+        if mode not in ("fused", "exact"):
+            raise CaptureError(f"capture mode must be 'fused' or 'exact', got {mode!r}")
         self.prefill_positions = sorted(set(prefill_positions))
         self.grad_mode = grad_mode
-        self.rows: dict[int, torch.Tensor] = {}
+        self.mode: CaptureMode = mode
+        self._share = 1.0 / len(self.layers)
+        self._rows: dict[int, torch.Tensor] = {}
+        # A decode step keeps each captured layer's probabilities here until its last layer
+        # has reported, then reduces them in one stacked op (instead of a few small tensor ops
+        # per layer: under load each costs tens of microseconds with cold caches). Only the
+        # running step is ever held, so memory stays one step's probabilities. The lock guards
+        # the hand-over when stream() reads rows while its worker thread decodes.
+        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        self._lock = threading.Lock()
+        self._mean_over_heads = type(signal).reduce is Signal.reduce
         self.layer_calls: dict[int, int] = {}
         self.grad_probs: dict[int, torch.Tensor] = {}
 
+    @property
+    def rows(self) -> dict[int, torch.Tensor]:
+        """Reduced rows by absolute query position (fp32, each over keys ``0..position``)."""
+        if self._pending:
+            self._flush()
+        return self._rows
+
     def row(self, position: int) -> torch.Tensor:
         """The reduced attention row of the query at ``position`` (fp32, over keys ``0..position``)."""
-        return self.rows[position]
+        rows = self.rows  # reduces every finished step
+        if position not in rows and position in self._pending:  # a step whose layers never all came
+            self._flush(everything=True)
+        return self._rows[position]
 
     # -- called from the attention function ---------------------------------------------
     def observe(
@@ -95,12 +130,119 @@ class CaptureSession:
                 return
         probs = attention_rows(query, key, attention_mask, scaling, rel, past)
         reduced = self.signal.reduce(probs, layer)
-        share = 1.0 / len(self.layers)
         for i, r in enumerate(rel):
             pos = past + r
-            contrib = reduced[i, : pos + 1] * share
-            prev = self.rows.get(pos)
-            self.rows[pos] = contrib if prev is None else prev + contrib
+            self._add(pos, reduced[i, : pos + 1])
+
+    def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        """A decode step's probabilities ``(1, H, K)`` from the fused kernel (captured layers only)."""
+        layer = int(getattr(module, "layer_idx", -1))
+        self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
+        if probs.shape[0] != 1:
+            raise CaptureError("attention capture supports batch size 1 per call")
+        self._pend(probs.shape[-1] - 1, layer, probs[0])
+
+    def wants_decode(self, layer: int) -> bool:
+        return self.mode == "fused" and layer in self.layers
+
+    def _pend(self, pos: int, layer: int, probs: torch.Tensor) -> None:
+        """Keep one layer's ``(H, pos + 1)`` probabilities of a decode step; reduce the step
+        once every captured layer has reported (and any older step still held)."""
+        with self._lock:
+            items = self._pending.setdefault(pos, [])
+            items.append((layer, probs))
+            ready = len(items) >= len(self.layers) or len(self._pending) > 1
+        if ready:
+            self._flush()
+
+    def _flush(self, everything: bool = False) -> None:
+        """Reduce the pending decode steps. The newest one may still be running in a decode
+        thread: it waits until every captured layer has reported (so a row is always summed in
+        the same order, streamed or not), unless ``everything``."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            if not everything and pending:
+                newest = max(pending)
+                if len(pending[newest]) < len(self.layers):
+                    self._pending[newest] = pending.pop(newest)
+        for pos, items in pending.items():
+            if self._mean_over_heads:  # AttMean / RawAtt: mean over heads, summed over layers
+                stacked = torch.stack([p for _, p in items])  # (n, H, K)
+                self._add(pos, stacked.mean(dim=1).sum(dim=0))
+            else:
+                for layer, p in items:
+                    self._add(pos, self.signal.reduce(p.unsqueeze(1), layer)[0])
+
+    def _add(self, pos: int, row: torch.Tensor) -> None:
+        """Add reduced rows (over keys ``0..pos``, summed over layers) to the average over layers."""
+        contrib = row * self._share
+        prev = self._rows.get(pos)
+        self._rows[pos] = contrib if prev is None else prev.add_(contrib)
+
+
+class BatchCaptureSession:
+    """Capture for a left-padded batch: one :class:`CaptureSession` per row.
+
+    Row ``b``'s prompt starts at padded position ``offsets[b]``; its session sees positions and
+    keys in the row's own coordinates (padded position minus the offset), so its rows equal
+    those of the same prompt decoded alone.
+    """
+
+    grad_mode = False
+
+    def __init__(self, sessions: list[CaptureSession], offsets: list[int]) -> None:
+        if not sessions or len(sessions) != len(offsets):
+            raise CaptureError("a batch capture needs one session and one offset per row")
+        modes = {s.mode for s in sessions}
+        layers = {s.layers for s in sessions}
+        if len(modes) != 1 or len(layers) != 1:
+            raise CaptureError("the rows of a batch capture must share a signal's layers and a mode")
+        self.sessions = sessions
+        self.offsets = list(offsets)
+        self.layers = sessions[0].layers
+        self.mode: CaptureMode = sessions[0].mode
+
+    def wants_decode(self, layer: int) -> bool:
+        return self.mode == "fused" and layer in self.layers
+
+    def observe(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+    ) -> None:
+        layer = int(getattr(module, "layer_idx", -1))
+        if layer not in self.layers:
+            return
+        q_len, kv_len = query.shape[2], key.shape[2]
+        past = kv_len - q_len
+        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+            session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
+            if q_len == 1:
+                rel = [0]
+            else:
+                rel = [p + off - past for p in session.prefill_positions if past <= p + off < kv_len]
+                if not rel:
+                    continue
+            mask = (
+                attention_mask[b : b + 1]
+                if attention_mask is not None and attention_mask.shape[0] > 1
+                else attention_mask
+            )
+            probs = attention_rows(query[b : b + 1], key[b : b + 1], mask, scaling, rel, past)
+            reduced = session.signal.reduce(probs, layer)
+            for i, r in enumerate(rel):
+                pos = past + r
+                session._add(pos - off, reduced[i, off : pos + 1])
+
+    def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        layer = int(getattr(module, "layer_idx", -1))
+        pos = probs.shape[-1] - 1
+        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+            session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
+            session._pend(pos - off, layer, probs[b, :, off:])
 
 
 def attention_rows(
@@ -149,7 +291,18 @@ def _traced_attention(
 
     session = _ACTIVE.get()
     if session is not None and session.grad_mode:
+        assert isinstance(session, CaptureSession)
         return _in_graph_attention(session, module, query, key, value, attention_mask, scaling)
+    if (
+        session is not None
+        and query.shape[2] == 1
+        and session.wants_decode(int(getattr(module, "layer_idx", -1)))
+        and fusable(module, kwargs)
+    ):
+        with torch.no_grad():
+            fused, probs = decode_attention(query, key, value, attention_mask, scaling)
+            session.observe_decode(module, probs)
+        return fused, None
     out = sdpa_attention_forward(
         module,
         query,
@@ -251,7 +404,9 @@ def _implementation_for(model: Any) -> str | dict[str, str]:
 
 
 @contextlib.contextmanager
-def capturing(session: CaptureSession) -> Iterator[CaptureSession]:
+def capturing(
+    session: CaptureSession | BatchCaptureSession,
+) -> Iterator[CaptureSession | BatchCaptureSession]:
     """Activate ``session`` for forward passes run in the current context."""
     token = _ACTIVE.set(session)
     try:

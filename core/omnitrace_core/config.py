@@ -240,6 +240,10 @@ class TracerConfig(CheckedModel):
             (default): the attention curation alone decides.
         grounding: Thresholds of the grounding verdict for this model (a calibration sets
             them); ``None``: the library's defaults (:mod:`omnitrace_core.grounding`).
+        capture: How decode steps are captured. ``fused`` (default): the captured layers'
+            decode-step attention is computed once and its probabilities kept (one pass over
+            the keys); ``exact``: sdpa computes the output and the row is recomputed (a second
+            pass, layer outputs bit-identical to plain sdpa). See docs/results-core.md.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -254,6 +258,7 @@ class TracerConfig(CheckedModel):
     asr_model: str | None = None
     rerank: RerankConfig | None = None
     grounding: GroundingThresholds | None = None
+    capture: Literal["fused", "exact"] = "fused"
 
     @field_validator("signal")
     @classmethod

@@ -34,6 +34,7 @@ from omnitrace_core.decoding import (
     grammar_processor,
     validate_stops,
 )
+from omnitrace_core.detokenize import IncrementalDecoder
 from omnitrace_core.errors import (
     ContextLengthError,
     GenerationAbandoned,
@@ -134,6 +135,7 @@ class _TextSoFar:
         self.ids: list[int] = []
         self.text = ""
         self.finish = "length"
+        self._decoder = IncrementalDecoder(tokenizer)  # O(1) amortised per token
 
     def add(self, tok: int) -> tuple[int, int] | None:
         """Append a token; return the new text's ``(start, end)`` span, or None for a special token."""
@@ -142,8 +144,8 @@ class _TextSoFar:
                 self.finish = "stop"
             return None
         self.ids.append(tok)
-        new_text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if new_text.endswith("\ufffd"):  # incomplete UTF-8: wait for the next token
+        new_text = self._decoder.push(tok)
+        if new_text is None:  # incomplete UTF-8: wait for the next token
             new_text = self.text
         span = (len(self.text), len(new_text))
         self.text = new_text
@@ -760,6 +762,35 @@ class Tracer:
             self.model, input_ids, {"pad_token_id": pad, **layout.model_inputs, **gen}, session, threaded
         )
 
+    def capture_session(self, layout: PromptLayout, cfg: TracerConfig, signal: Signal) -> CaptureSession:
+        """The capture session of one decoding over ``layout`` (reference rows, last prompt row)."""
+        prompt_len = len(layout.input_ids)
+        return CaptureSession(
+            signal,
+            self.loaded.num_layers,
+            prefill_positions=[*layout.reference_positions, prompt_len - 1],
+            mode=cfg.capture,
+        )
+
+    def generate_batch(
+        self,
+        requests: Sequence[Any],
+        *,
+        config: TracerConfig | None = None,
+        batch_size: int = 8,
+        **generation_kwargs: Any,
+    ) -> list[TracedAnswer]:
+        """Answer several requests, decoding up to ``batch_size`` of them together.
+
+        Each request is ``(sources, question)``, a mapping with ``sources`` and ``question``, or
+        a :class:`~omnitrace_core.batch.BatchRequest`. Prompts are left-padded into one batch;
+        every row keeps its own source layout and gets the citations it gets alone with
+        :meth:`generate` (see :mod:`omnitrace_core.batch`). Answers come back in request order.
+        """
+        from omnitrace_core.batch import generate_batch
+
+        return generate_batch(self, requests, config, batch_size, generation_kwargs)
+
     def _new_assembler(
         self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig
     ) -> SentenceAssembler:
@@ -774,13 +805,17 @@ class Tracer:
         signal: Signal,
         gen: dict[str, Any],
         threaded: bool,
+        replay: tuple[CaptureSession, Any] | None = None,
     ) -> Iterator[StreamEvent]:
+        """``replay``: a finished decoding's session and tokens (a row of
+        :meth:`generate_batch`), processed exactly as a live decoding."""
         t0 = time.perf_counter()
         prompt_len = len(layout.input_ids)
-        session = CaptureSession(
-            signal, self.loaded.num_layers, prefill_positions=[*layout.reference_positions, prompt_len - 1]
-        )
-        decoding = self._start_decoding(layout, gen, session, threaded)
+        if replay is None:
+            session = self.capture_session(layout, cfg, signal)
+            decoding = self._start_decoding(layout, gen, session, threaded)
+        else:
+            session, decoding = replay
         index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None

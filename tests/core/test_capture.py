@@ -7,7 +7,8 @@ import threading
 import pytest
 import torch
 
-from omnitrace_core.capture import CaptureSession, capturing, install
+from omnitrace_core.capture import BatchCaptureSession, CaptureSession, capturing, install
+from omnitrace_core.capture_kernels import decode_attention
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import AttMean, RawAtt, Signal
 from tests.conftest import build_tiny_model
@@ -55,9 +56,10 @@ def test_prefill_rows_match_eager(model):
             assert torch.max(torch.abs(session.row(p) - expected)) <= 1e-5
 
 
-def test_decode_rows_match_eager_over_the_full_sequence(model):
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_decode_rows_match_eager_over_the_full_sequence(model, mode):
     prompt = torch.randint(0, 300, (1, 12))
-    session = CaptureSession(AttMean(), 3, prefill_positions=[11])
+    session = CaptureSession(AttMean(), 3, prefill_positions=[11], mode=mode)
     with capturing(session), torch.no_grad():
         out = model.generate(
             input_ids=prompt,
@@ -142,3 +144,98 @@ def test_model_without_attention_interface_is_rejected():
 
     with pytest.raises(CaptureError, match="AttentionInterface"):
         install(Legacy())
+
+
+def _greedy(model, prompt, new=10, session=None, **kw):
+    import contextlib
+
+    ctx = capturing(session) if session is not None else contextlib.nullcontext()
+    with ctx, torch.no_grad():
+        return model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **kw,
+        )
+
+
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_traced_greedy_tokens_equal_plain_sdpa(model, mode):
+    for seed in range(3):
+        torch.manual_seed(seed)
+        prompt = torch.randint(0, 300, (1, 20 + 7 * seed))
+        plain = _greedy(model, prompt)
+        traced = _greedy(
+            model, prompt, session=CaptureSession(AttMean(), 3, [prompt.shape[1] - 1], mode=mode)
+        )
+        assert torch.equal(plain.sequences, traced.sequences)
+        diff = max(float((a - b).abs().max()) for a, b in zip(plain.logits, traced.logits, strict=True))
+        if mode == "exact":
+            assert diff == 0.0  # sdpa computes the output: bit-identical
+        else:
+            assert diff < 1e-4
+
+
+def test_decode_kernel_equals_sdpa_with_gqa_and_padding():
+    torch.manual_seed(0)
+    q = torch.randn(3, 8, 1, 16)
+    k = torch.randn(3, 2, 40, 16)
+    v = torch.randn(3, 2, 40, 16)
+    mask = torch.ones(3, 1, 1, 40, dtype=torch.bool)
+    mask[1, ..., :7] = False  # left padding of row 1
+    mask[2, ..., :30] = False
+    out, probs = decode_attention(q, k, v, mask, None)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
+    assert probs.shape == (3, 8, 40)
+    assert torch.allclose(probs.sum(-1), torch.ones(3, 8))
+    assert float(probs[1, :, :7].abs().max()) == 0.0 and float(probs[2, :, :30].abs().max()) == 0.0
+    # bf16 inputs: scores in bf16 (fp32 accumulation), softmax fp32, output bf16
+    out16, probs16 = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, None)
+    assert out16.dtype == torch.bfloat16 and probs16.dtype == torch.float32
+    assert torch.allclose(out16.float(), ref.transpose(1, 2), atol=3e-2)
+
+
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_batch_capture_rows_equal_rows_of_each_prompt_alone(model, mode):
+    torch.manual_seed(4)
+    prompts = [torch.randint(3, 300, (n,)).tolist() for n in (14, 9, 20)]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    sessions = [CaptureSession(AttMean(), 3, [2, len(p) - 1], mode=mode) for p in prompts]
+    batch = BatchCaptureSession(sessions, [width - len(p) for p in prompts])
+    with capturing(batch), torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+    for b, p in enumerate(prompts):
+        alone = CaptureSession(AttMean(), 3, [2, len(p) - 1], mode=mode)
+        single = _greedy(model, torch.tensor([p]), new=6, session=alone)
+        assert out[b, width:].tolist() == single.sequences[0, len(p) :].tolist()
+        assert set(sessions[b].rows) == set(alone.rows)
+        for pos, row in alone.rows.items():
+            assert sessions[b].row(pos).shape == row.shape
+            assert torch.max(torch.abs(sessions[b].row(pos) - row)) <= 1e-5
+
+
+def test_decode_capture_holds_at_most_one_step_of_probabilities(model):
+    """Each decode step is reduced as soon as its last captured layer reports: nothing of a
+    finished step stays pending (memory stays one step's probabilities, however long the answer)."""
+    prompt = torch.randint(0, 300, (1, 10))
+    session = CaptureSession(AttMean(), 3, [9])
+    held = []
+    original = session._pend
+
+    def spy(pos, layer, probs):
+        original(pos, layer, probs)
+        held.append(sum(len(v) for v in session._pending.values()))
+
+    session._pend = spy
+    _greedy(model, prompt, new=8, session=session)
+    assert held and max(held) < 3 and held[-1] == 0
+    assert sorted(session.rows) == list(range(9, 17))

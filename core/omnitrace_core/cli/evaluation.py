@@ -56,6 +56,13 @@ def predict(
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep the rows already in OUT (interrupted run), do the rest")
     ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Decode up to N generated rows together (Tracer.generate_batch); 1: one at a time",
+        ),
+    ] = 1,
 ) -> None:
     """Answer every dataset row and write one prediction row each (scorable by score.py).
 
@@ -106,6 +113,7 @@ def predict(
                 on_problem=err.print,
                 where=str(data),
                 skip_ids=done,
+                batch_size=batch_size,
             )
     except KeyboardInterrupt as exc:
         kept = len(completed_ids(out))
@@ -271,13 +279,13 @@ def report_command(
         str | None, typer.Option(help="A second method whose citations the gallery shows beside")
     ] = None,
     examples: Annotated[int, typer.Option(help="Gallery rows per eval folder")] = 10,
-    screenshot: Annotated[
-        bool, typer.Option(help="Render images/gallery.png with headless Chromium")
-    ] = True,
+    screenshot: Annotated[bool, typer.Option(help="Render images/gallery.png with headless Chromium")] = True,
     command: Annotated[
         list[str] | None,
-        typer.Option(help="A command to list under 'Regenerate' (repeat; default: the eval commands "
-                     "reconstructed from metrics.json, then this report command)"),
+        typer.Option(
+            help="A command to list under 'Regenerate' (repeat; default: the eval commands "
+            "reconstructed from metrics.json, then this report command)"
+        ),
     ] = None,
 ) -> None:
     """Write results.md (tables per task, cost, faithfulness, plots) and an HTML example gallery."""
@@ -292,8 +300,18 @@ def report_command(
         this += ["--examples", str(examples)]
     commands = [*command, shlex.join(this)] if command else []
     try:
-        out = build_report(eval_dirs, docs, title, commands, label, method, compare, examples, screenshot,
-                           report_command=shlex.join(this))
+        out = build_report(
+            eval_dirs,
+            docs,
+            title,
+            commands,
+            label,
+            method,
+            compare,
+            examples,
+            screenshot,
+            report_command=shlex.join(this),
+        )
     except (OmniTraceError, ImportError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -130,6 +130,7 @@ def predict_rows(
     on_problem: Callable[[str], None] = lambda message: None,
     where: str = "",
     skip_ids: set[str] | None = None,
+    batch_size: int = 1,
 ) -> tuple[int, int]:
     """Answer each row and write its prediction line to ``out`` (flushed per row).
 
@@ -137,9 +138,49 @@ def predict_rows(
     (then a failed row is named ``{where}:{line}``). A malformed line or a row that fails (any
     exception but an interrupt) is reported through ``on_problem`` and skipped; the others
     still run. Rows whose id is in ``skip_ids`` (already written: a resumed run) are passed
-    over. Returns ``(written, skipped)``.
+    over. ``batch_size`` > 1 decodes up to that many generated rows together
+    (:meth:`Tracer.generate_batch`); lines are still written in row order, and if a batch
+    fails each of its rows is answered alone so the failing row is named. Returns
+    ``(written, skipped)``.
     """
     written = failures = 0
+    pending: list[tuple[str, dict[str, Any]]] = []
+
+    def flush() -> None:
+        nonlocal written, failures
+        batched: dict[int, TracedAnswer] = {}
+        generated = [row for _, row in pending if not row.get("response")]
+        if batch_size > 1 and len(generated) > 1:
+            try:
+                answers = tracer.generate_batch(
+                    [(resolve_media_paths(r["sources"], base_dir), r["question"]) for r in generated],
+                    batch_size=batch_size,
+                    max_new_tokens=max_new_tokens,
+                )
+                batched = {id(r): a for r, a in zip(generated, answers, strict=True)}
+            except Exception:  # answered one by one below, where the failing row is named
+                batched = {}
+        for at, row in pending:
+            try:
+                answer = batched.get(id(row)) or answer_row(
+                    tracer, row, base_dir=base_dir, max_new_tokens=max_new_tokens
+                )
+                line_out = json.dumps(answer.to_prediction(row["id"]), allow_nan=False) + "\n"
+            except OmniTraceError as exc:
+                failures += 1
+                on_problem(f"[yellow]{at}row {row['id']!r} failed:[/yellow] {_one_line(exc)}")
+                continue
+            except Exception as exc:  # never abort the run on one row: name it and go on
+                failures += 1
+                on_problem(
+                    f"[yellow]{at}row {row['id']!r} failed:[/yellow] {type(exc).__name__}: {_one_line(exc)}"
+                )
+                continue
+            out.write(line_out)
+            out.flush()
+            written += 1
+        pending.clear()
+
     for item in rows:
         line, row = item if isinstance(item, tuple) else (None, item)
         on_row()
@@ -158,22 +199,10 @@ def predict_rows(
                 f"(known: {', '.join(TASKS)})"
             )
             continue
-        try:
-            answer = answer_row(tracer, row, base_dir=base_dir, max_new_tokens=max_new_tokens)
-            line_out = json.dumps(answer.to_prediction(row["id"]), allow_nan=False) + "\n"
-        except OmniTraceError as exc:
-            failures += 1
-            on_problem(f"[yellow]{at}row {row['id']!r} failed:[/yellow] {_one_line(exc)}")
-            continue
-        except Exception as exc:  # never abort the run on one row: name it and go on
-            failures += 1
-            on_problem(
-                f"[yellow]{at}row {row['id']!r} failed:[/yellow] {type(exc).__name__}: {_one_line(exc)}"
-            )
-            continue
-        out.write(line_out)
-        out.flush()
-        written += 1
+        pending.append((at, row))
+        if len(pending) >= max(batch_size, 1):
+            flush()
+    flush()
     return written, failures
 
 

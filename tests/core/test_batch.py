@@ -1,0 +1,176 @@
+"""Batched traced generation: every row's answer equals the answer of the request alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omnitrace_core import InvalidInputError, TextSource, TracerConfig
+from omnitrace_core.batch import BatchRequest
+from tests.conftest import shared_bench_dir
+
+
+def _requests(sources):
+    extra = TextSource(
+        id="doc4", title="Mill", text="The old mill on the river grinds flour for the whole valley."
+    )
+    return [
+        (sources, "How tall is the lighthouse?"),
+        {"sources": sources[:2], "question": "When was Valbrook Works founded?"},
+        BatchRequest([*sources, extra], "What does the mill grind, and who lit the lamp?"),
+        (sources[1:], "Who kept the lighthouse?"),
+        ([extra], "Where is the mill?"),
+    ]
+
+
+def _comparable(answer):
+    return {
+        "text": answer.text,
+        "generated_tokens": answer.generated_tokens,
+        "finish_reason": answer.finish_reason,
+        "sentences": [
+            (
+                s.text,
+                s.char_start,
+                s.char_end,
+                s.token_start,
+                s.token_end,
+                [(c.source_id, c.unit_id) for c in s.citations],
+            )
+            for s in answer.sentences
+        ],
+        "token_units": [(t.token, t.char_start, t.char_end, t.unit_id) for t in answer.tokens],
+    }
+
+
+def _assert_close_scores(a, b):
+    for sa, sb in zip(a.sentences, b.sentences, strict=True):
+        for ca, cb in zip(sa.citations, sb.citations, strict=True):
+            assert ca.score == pytest.approx(cb.score, abs=1e-4)
+    for ta, tb in zip(a.tokens, b.tokens, strict=True):
+        assert ta.confidence == pytest.approx(tb.confidence, abs=1e-4)
+
+
+@pytest.mark.parametrize("capture", ["fused", "exact"])
+def test_batch_rows_equal_batch_of_one(tiny_tracer, sources, capture):
+    cfg = TracerConfig(capture=capture)
+    reqs = _requests(sources)
+    batched = tiny_tracer.generate_batch(reqs, config=cfg, batch_size=3, max_new_tokens=40)
+    assert len(batched) == len(reqs)
+    for req, got in zip(reqs, batched, strict=True):
+        req = (
+            req
+            if isinstance(req, BatchRequest)
+            else BatchRequest(*(req.values() if isinstance(req, dict) else req))
+        )
+        alone = tiny_tracer.generate(req.sources, req.question, config=cfg, max_new_tokens=40)
+        assert _comparable(got) == _comparable(alone)
+        _assert_close_scores(got, alone)
+        assert got.timings["batch_size"] in (3.0, 2.0)
+
+
+def test_rows_that_stop_early_are_cut_where_a_lone_decoding_stops(tiny_tracer, sources):
+    """40 stop ids: rows end at different steps; a finished row's padding is never read."""
+    reqs = _requests(sources)
+    gen = {"max_new_tokens": 60, "eos_token_id": list(range(100, 140))}
+    batched = tiny_tracer.generate_batch(reqs, batch_size=5, **gen)
+    lone = []
+    for r in reqs:
+        req = r if isinstance(r, BatchRequest) else BatchRequest(*(r.values() if isinstance(r, dict) else r))
+        lone.append(tiny_tracer.generate(req.sources, req.question, **gen))
+    lengths = [a.generated_tokens for a in lone]
+    assert min(lengths) < 60 and len(set(lengths)) > 1
+    assert [_comparable(a) for a in batched] == [_comparable(a) for a in lone]
+
+
+def test_batch_observers_see_every_row(tiny_tracer, sources):
+    from omnitrace_core.observers import TraceObserver
+
+    seen = []
+
+    class Rec(TraceObserver):
+        def on_generation_end(self, info, answer):
+            seen.append(info.question)
+
+    rec = Rec()
+    tiny_tracer.add_observer(rec)
+    try:
+        tiny_tracer.generate_batch(_requests(sources)[:3], max_new_tokens=8)
+        tiny_tracer.flush_observers()
+    finally:
+        tiny_tracer.remove_observer(rec)
+    assert sorted(seen) == sorted(
+        q
+        for q in [
+            "How tall is the lighthouse?",
+            "When was Valbrook Works founded?",
+            "What does the mill grind, and who lit the lamp?",
+        ]
+    )
+
+
+def test_batch_inputs_are_named(tiny_tracer, sources):
+    assert tiny_tracer.generate_batch([], max_new_tokens=4) == []
+    with pytest.raises(InvalidInputError, match="requests\\[1\\]"):
+        tiny_tracer.generate_batch([(sources, "Q?"), "not a request"])
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        tiny_tracer.generate_batch([(sources, "Q?")], batch_size=0)
+    with pytest.raises(InvalidInputError, match="question"):
+        tiny_tracer.generate_batch([(sources, "  ")])
+
+
+def test_gradient_signal_falls_back_to_one_at_a_time(tiny_tracer, sources):
+    cfg = TracerConfig(signal="attgrads")
+    reqs = _requests(sources)[:2]
+    batched = tiny_tracer.generate_batch(reqs, config=cfg, max_new_tokens=6)
+    alone = tiny_tracer.generate(sources, "How tall is the lighthouse?", config=cfg, max_new_tokens=6)
+    assert _comparable(batched[0]) == _comparable(alone)
+
+
+@pytest.mark.model
+def test_packaged_model_batch_rows_equal_batch_of_one(default_tracer):
+    bench = shared_bench_dir()
+    if bench is None:
+        pytest.skip("the shared dev set is not beside this checkout")
+    rows = [json.loads(line) for line in (bench / "dev.jsonl").read_text().splitlines()]
+    picked = [r for r in rows if r["task"] in ("qa_single", "qa_multi", "summary", "mcq")][::30][:4]
+    reqs = [(r["sources"], r["question"]) for r in picked]
+    batched = default_tracer.generate_batch(reqs, batch_size=4, max_new_tokens=32)
+    for (srcs, q), got in zip(reqs, batched, strict=True):
+        alone = default_tracer.generate(srcs, q, max_new_tokens=32)
+        assert _comparable(got) == _comparable(alone)
+
+
+def test_predict_rows_in_batches_write_the_same_lines_in_order(tiny_tracer, sources):
+    import io
+
+    from omnitrace_core.evaluation.bench import RowError, predict_rows
+
+    srcs = [s.model_dump(exclude_none=True) for s in sources]
+    rows = [
+        {"id": "g1", "task": "qa_single", "sources": srcs, "question": "How tall is the lighthouse?"},
+        {
+            "id": "f1",
+            "task": "teacher_forced",
+            "sources": srcs,
+            "question": "Q?",
+            "response": "It is 42 metres.",
+        },
+        {"id": "bad", "task": "qa_single", "sources": [{"id": "x"}], "question": "Q?"},
+        RowError(4, "line 4 is not JSON"),
+        {"id": "g2", "task": "qa_multi", "sources": srcs[:2], "question": "When was Valbrook founded?"},
+        {"id": "g3", "task": "summary", "sources": srcs[1:], "question": "Summarise."},
+    ]
+    outs, problems = [], []
+    for size in (1, 3):
+        buf = io.StringIO()
+        seen: list[str] = []
+        counts = predict_rows(
+            tiny_tracer, rows, buf, max_new_tokens=12, batch_size=size, on_problem=seen.append
+        )
+        outs.append(buf.getvalue())
+        problems.append((counts, len(seen), any("'bad'" in m for m in seen)))
+    assert [json.loads(x)["id"] for x in outs[1].splitlines()] == ["g1", "f1", "g2", "g3"]
+    assert outs[0] == outs[1]
+    assert problems[0] == problems[1] == ((4, 2), 2, True)
