@@ -46,7 +46,7 @@ def overhead_table(results: dict) -> list[str]:
             str(e["prompt_tokens"]), _f(t["median_cpu_s"]["plain"]), _f(t["median_cpu_s"]["traced"]),
             _f(e["time_ratio"]), _f(e.get("memory_ratio")), _f(e.get("memory_ratio_vs_plain_spacy")),
             *(f"{b[k]:.2f}" for k in ("model_step", "capture", "text", "mapping", "assembly", "other",
-                                      "fused_attention (in model step)")),
+                                      "fused_attention (in model_step)")),
         ]) + " |")
     lines.append("")
     peaks = []
