@@ -284,14 +284,18 @@ def _with_cancel(criteria: Any, event: threading.Event) -> Any:
     return StoppingCriteriaList([*(criteria or []), _CancelCriteria(event)])
 
 
-def _decode_failed(exc: Exception, tokens: int, text: str) -> GenerationError:
-    """The named error a stream ends with when ``model.generate`` raised part-way."""
-    error = GenerationError(
-        f"decoding failed after {tokens} generated tokens ({type(exc).__name__}: "
-        f"{' '.join(str(exc).split())[:300]}); the text decoded so far is kept in .partial_text"
-    )
-    error.partial_text = text
-    return error
+def _finish_decoding(decoding: Any, tokens: int, text: str) -> None:
+    """Wait for the decode to end; if ``model.generate`` raised part-way, end the stream with a
+    named :class:`GenerationError` that keeps the text decoded so far (``.partial_text``)."""
+    try:
+        decoding.finish()
+    except Exception as exc:
+        error = GenerationError(
+            f"decoding failed after {tokens} generated tokens ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); the text decoded so far is kept in .partial_text"
+        )
+        error.partial_text = text
+        raise error from exc
 
 
 class Tracer:
@@ -588,10 +592,7 @@ class Tracer:
         except GeneratorExit:
             decoding.cancel()  # the consumer closed the stream: stop the decode thread too
             raise
-        try:
-            decoding.finish()
-        except Exception as exc:  # a decode that raised part-way: named, with the text so far
-            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        _finish_decoding(decoding, len(out.ids), kept.text)
         if delta := kept.advance(out.final(), final=True):
             yield TextDelta(text=delta, token_index=len(out.ids) - 1)
         answer = TracedAnswer(
@@ -862,10 +863,7 @@ class Tracer:
         except GeneratorExit:
             decoding.cancel()  # the consumer closed the stream: stop the decode thread too
             raise
-        try:
-            decoding.finish()
-        except Exception as exc:  # a decode that raised part-way: named, with the text so far
-            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        _finish_decoding(decoding, len(out.ids), kept.text)
         delta = kept.advance(out.final(), final=True)
         ready.extend(kept.release(held))
         if delta:  # the held-back tail, or a trailing incomplete character
@@ -914,10 +912,7 @@ class Tracer:
         except GeneratorExit:
             decoding.cancel()
             raise
-        try:
-            decoding.finish()
-        except Exception as exc:
-            raise _decode_failed(exc, len(out.ids), kept.text) from exc
+        _finish_decoding(decoding, len(out.ids), kept.text)
         if delta := kept.advance(out.final(), final=True):
             yield TextDelta(text=delta, token_index=len(out.ids) - 1)
         final_text = kept.text
