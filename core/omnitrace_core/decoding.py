@@ -262,3 +262,24 @@ def grammar_processor(tokenizer: Any, model: Any, grammar: Grammar) -> GrammarLo
     """
     vocab = int(model.get_output_embeddings().weight.shape[0])
     return GrammarLogitsProcessor(tokenizer, grammar, vocab)
+
+
+class CancelCriteria:
+    """A transformers stopping criterion that ends decoding once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+def cancel_kwargs(event: threading.Event) -> dict[str, Any]:
+    """Generation kwargs that stop decoding when ``event`` is set."""
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([CancelCriteria(event)])}

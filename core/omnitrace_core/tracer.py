@@ -28,6 +28,7 @@ from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.decoding import (
+    CancelCriteria,
     Grammar,
     GrammarLogitsProcessor,
     StopMatcher,
@@ -267,21 +268,10 @@ class _Decoding:
         self.cancelled.set()
 
 
-class _CancelCriteria:
-    """A stopping criterion that ends ``model.generate`` once its event is set."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        stop = self.event.is_set()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
 def _with_cancel(criteria: Any, event: threading.Event) -> Any:
     from transformers import StoppingCriteriaList
 
-    return StoppingCriteriaList([*(criteria or []), _CancelCriteria(event)])
+    return StoppingCriteriaList([*(criteria or []), CancelCriteria(event)])
 
 
 def _finish_decoding(decoding: Any, tokens: int, text: str) -> None:

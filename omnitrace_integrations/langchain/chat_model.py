@@ -42,7 +42,7 @@ from langchain_core.utils.uuid import uuid7
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
-from omnitrace_core.decoding import close_objects, json_instruction
+from omnitrace_core.decoding import cancel_kwargs, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, config_context_window, stored_config
 from omnitrace_core.tools import render_prompt, resolve_choice, tool_call_grammar
@@ -58,7 +58,6 @@ from omnitrace_integrations.langchain.engine import (
     Event,
     Outcome,
     aiter_events,
-    cancel_kwargs,
     plain_events,
     remote_plain_events,
     shared_tracer,

@@ -42,6 +42,7 @@ from omnitrace_core import (
     TracedAnswer,
     UnknownNameError,
 )
+from omnitrace_core.decoding import cancel_kwargs
 from omnitrace_integrations.serving.convert import (
     ApiError,
     Conversation,
@@ -52,7 +53,7 @@ from omnitrace_integrations.serving.convert import (
 )
 from omnitrace_integrations.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from omnitrace_integrations.serving.plain import PlainFinal, plain_stream
-from omnitrace_integrations.serving.scheduler import QueueFull, QueueTimeout, Scheduler, cancel_kwargs, pump
+from omnitrace_integrations.serving.scheduler import QueueFull, QueueTimeout, Scheduler, pump
 from omnitrace_integrations.serving.schemas import (
     AttributeRequest,
     ChatCompletionRequest,
