@@ -74,6 +74,9 @@ class SentenceAssembler:
         self.sources = {s.id: s for s in sources}
         self.reranker = reranker
         self.units = list(units)
+        self._members: dict[str, list[int]] = {}
+        for i, u in enumerate(self.units):
+            self._members.setdefault(u.source_id, []).append(i)
         self.chunker = chunker
         self.curation = curation
         self.text = ""
@@ -196,6 +199,7 @@ class SentenceAssembler:
             chosen = curate(votes, self.curation)
             if self.reranker is not None:
                 chosen = self._reranked(self.text[a:b], votes, chosen, self.reranker)
+            chosen = self._located_without_echoes(toks, chosen)
             for unit_index, score in chosen:
                 citations.append(self._citation(self.units[unit_index], score))
             citations = merge_located(citations)
@@ -246,6 +250,43 @@ class SentenceAssembler:
         index = {self.units[i].unit_id: i for i in texted}
         keep = set(texted)
         return [(index[u], s) for u, s in cited] + [(i, s) for i, s in curated if i not in keep]
+
+    def _located_without_echoes(
+        self, toks: list[_Token], chosen: list[tuple[int, float]]
+    ) -> list[tuple[int, float]]:
+        """Inside each cited source of several units, the units the non-echo tokens pick.
+
+        Tokens that echo the question (``TokenMapping.echo``: the entity the user asked about)
+        still help decide *which* sources a sentence cites, but they point at wherever a
+        source first names that entity, not at the part that answers. So a cited source's
+        units are curated again from its other tokens' votes; the source keeps its score,
+        shared by the units in proportion. A source no such token votes for keeps its units.
+        """
+        if not any(t.mapping.echo for t in toks):
+            return chosen
+        picked: dict[str, list[tuple[int, float]]] = {}
+        for unit, score in chosen:
+            picked.setdefault(self.units[unit].source_id, []).append((unit, score))
+        out: list[tuple[int, float]] = []
+        for sid, units in picked.items():
+            members = set(self._members[sid])
+            located: list[tuple[int, float]] = []
+            if len(members) > 1:
+                votes = [
+                    TokenVote(
+                        -1 if t.mapping.echo or t.mapping.unit_index not in members else t.mapping.unit_index,
+                        t.mapping.confidence,
+                        t.pos or "X",
+                    )
+                    for t in toks
+                ]
+                located = curate(votes, self.curation)
+            if not located:
+                out.extend(units)
+                continue
+            total, norm = sum(s for _, s in units), sum(s for _, s in located)
+            out.extend((unit, total * s / norm) for unit, s in located)
+        return sorted(out, key=lambda c: -c[1])
 
     def _tag(self, toks: list[_Token], a: int, b: int) -> None:
         words: list[Word] = self.chunker.words(self.text[a:b], a)

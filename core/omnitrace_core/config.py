@@ -130,6 +130,14 @@ class MappingConfig(CheckedModel):
             Sentence events then come one decoding step later. A token with no reading row
             (the last one when decoding stops on the token limit; gradient signals) keeps
             its producing row.
+        question_competes: The question's prompt positions compete with the units as one
+            more slot, bias-corrected like them and never cited: a token that looks at the
+            question more than usual (relative to the reference) votes for no source. Answer
+            words that echo the question (the entity asked about) otherwise vote for the
+            source unit that first names it, which is rarely the one that answers: on the
+            audio set's teacher-forced rows (one unit per spoken sentence) that cost 0.30
+            Time-F1 (``docs/results-models.md``). Layouts without question positions (omni
+            builders, conversations) are unaffected.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -139,6 +147,7 @@ class MappingConfig(CheckedModel):
     exclude_first_positions: int = Field(1, ge=0)
     prompt_reference: PromptReference = "header"
     token_rows: TokenRows = "reading"
+    question_competes: bool = True
 
 
 class GenerationConfig(CheckedModel):

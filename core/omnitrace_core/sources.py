@@ -279,12 +279,16 @@ class PromptLayout(BaseModel):
     """The prompt's last positions, after the user's message (the chat template's assistant
     header): like the response, they sit after the question, away from the sources. Their
     rows are the default position-bias reference (``MappingConfig.prompt_reference``)."""
+    question_positions: list[int] = Field(default_factory=list)
+    """The question's own positions (``MappingConfig.question_competes``); empty when the
+    builder does not mark them."""
 
 
 def _format_user_message(
     sources: Sequence[TextSource], question: str, split: bool
-) -> tuple[str, list[tuple[SourceUnit, int, int]]]:
-    """Return the user message and each unit with its character span in that message."""
+) -> tuple[str, list[tuple[SourceUnit, int, int]], tuple[int, int]]:
+    """Return the user message, each unit with its character span in that message, and the
+    question's character span."""
     parts: list[str] = ["Sources:\n"]
     offset = len(parts[0])
     spans: list[tuple[SourceUnit, int, int]] = []
@@ -316,8 +320,10 @@ def _format_user_message(
         block = header + text + "\n\n"
         parts.append(block)
         offset += len(block)
-    parts.append(f"Question: {question.strip()}")
-    return "".join(parts), spans
+    label = "Question: "
+    parts.append(label + question.strip())
+    q_start = offset + len(label)
+    return "".join(parts), spans, (q_start, q_start + len(question.strip()))
 
 
 def _timed_pieces(src: TextSource, lead: int, length: int) -> list[tuple[int, int, tuple[float, float]]]:
@@ -427,7 +433,7 @@ def build_prompt(
                 "(use a model that takes it, or audio_fallback='asr' for audio)"
             )
     texts = [src for src in sources if isinstance(src, TextSource)]
-    user, unit_spans = _format_user_message(texts, question, split_sources)
+    user, unit_spans, (q_a, q_b) = _format_user_message(texts, question, split_sources)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": user}
     ]
@@ -459,6 +465,13 @@ def build_prompt(
     reference = list(range(prev_end, len(ids)))
     user_end = user_at + len(user)
     header = [i for i in reference if offsets[i][0] >= user_end]
+    q_a, q_b = user_at + q_a, user_at + q_b
+    asked = [i for i in reference if offsets[i][0] < min(offsets[i][1], q_b) and offsets[i][1] > q_a]
     return PromptLayout(
-        input_ids=ids, units=units, reference_positions=reference, text=text, header_positions=header
+        input_ids=ids,
+        units=units,
+        reference_positions=reference,
+        text=text,
+        header_positions=header,
+        question_positions=asked,
     )

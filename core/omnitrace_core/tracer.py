@@ -44,7 +44,7 @@ from omnitrace_core.errors import (
     UnknownNameError,
 )
 from omnitrace_core.log import get_logger
-from omnitrace_core.mapping import TokenMapper, UnitIndex, reference_share
+from omnitrace_core.mapping import TokenMapper, UnitIndex
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, load_model
 from omnitrace_core.observers import GenerationInfo, ObserverHub, TraceObserver, new_run_id
 from omnitrace_core.prompting import PromptBuilder, TextPromptBuilder, prepare_sources
@@ -807,7 +807,7 @@ class Tracer:
             decoding = self._start_decoding(layout, gen, session, threaded)
         else:
             session, decoding = replay
-        index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
+        index = _unit_index(layout, cfg)
         assembler = self._new_assembler(srcs, layout, cfg)
         mapper: TokenMapper | None = None
         out = _TextSoFar(self.tokenizer, _eos_ids(self.model))
@@ -837,7 +837,7 @@ class Tracer:
                 if mapper is None:
                     first_token_at = time.perf_counter()
                     refs = [session.row(p) for p in _reference_positions(layout, cfg) if p in session.rows]
-                    mapper = TokenMapper(index, cfg.mapping, reference_share(index, refs))
+                    mapper = TokenMapper.from_reference_rows(index, cfg.mapping, refs)
                 if kept.stopped:  # past a stop string: nothing more is kept
                     continue
                 done = flush(wait_for_rows=True)
@@ -1001,14 +1001,14 @@ class Tracer:
         finish_reason: str | None = None,
     ) -> TracedAnswer:
         """Map, chunk and curate precomputed forced rows into a result."""
-        index = UnitIndex(layout.units, cfg.mapping.exclude_first_positions)
+        index = _unit_index(layout, cfg)
         ref_rows = forced.reference_rows
         if forced.reference_at is not None:
             wanted = set(_reference_positions(layout, cfg))
             ref_rows = [r for r, p in zip(ref_rows, forced.reference_at, strict=True) if p in wanted]
             if not ref_rows:  # e.g. a gradient signal's reference rows miss the header
                 ref_rows = forced.reference_rows
-        mapper = TokenMapper(index, cfg.mapping, reference_share(index, ref_rows))
+        mapper = TokenMapper.from_reference_rows(index, cfg.mapping, ref_rows)
         assembler = self._new_assembler(srcs, layout, cfg)
         response, offsets = forced.response, forced.offsets
         for k, (tok, (a, b)) in enumerate(zip(forced.token_ids, offsets, strict=True)):
@@ -1135,6 +1135,12 @@ def _reference_positions(layout: PromptLayout, cfg: TracerConfig) -> list[int]:
     if cfg.mapping.prompt_reference == "header" and layout.header_positions:
         return layout.header_positions
     return layout.reference_positions
+
+
+def _unit_index(layout: PromptLayout, cfg: TracerConfig) -> UnitIndex:
+    """The layout's units, with the question as a competitor when the config asks for it."""
+    asked = layout.question_positions if cfg.mapping.question_competes else []
+    return UnitIndex(layout.units, cfg.mapping.exclude_first_positions, asked)
 
 
 def _forced_inputs(model_inputs: dict[str, Any], total: int) -> dict[str, Any]:

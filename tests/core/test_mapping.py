@@ -74,3 +74,38 @@ def test_token_rows_choose_producing_reading_or_both():
     # No reading row (the last token of a length-stopped decode): the producing row stands.
     alone = TokenMapper(index, cfg).map(producing, None)
     assert alone.unit_index == 0 and alone.raw_shares == pytest.approx((0.8, 0.2))
+
+
+def test_question_competitor_marks_echoes_and_leaves_units_as_they_were():
+    # positions 7-8 are the question: a token looking there more than usual is an echo
+    index = UnitIndex(_units(), competitor_positions=[7, 8])
+    assert index.competitor == 2 and index.slots == 3
+    rows = [torch.tensor([0.0, 0.2, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.1])]
+    assert reference_share(index, rows).tolist() == pytest.approx([0.5, 0.5])
+    assert reference_share(index, rows, slots=True).tolist() == pytest.approx([0.4, 0.4, 0.2])
+    plain = TokenMapper.from_reference_rows(UnitIndex(_units()), MappingConfig(bias_correction="both"), rows)
+    mapper = TokenMapper.from_reference_rows(index, MappingConfig(bias_correction="both"), rows)
+    echo_row = torch.tensor([0.0, 0.2, 0.1, 0.0, 0.1, 0.0, 0.0, 0.3, 0.3])
+    answer_row = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, 0.2, 0.1, 0.1, 0.1])
+    for row, is_echo in [(echo_row, True), (answer_row, False), (echo_row, True)]:
+        m, p = mapper.map(row), plain.map(row)
+        # units among themselves (unit, confidence, shares, running reference) are unchanged
+        assert m.echo is is_echo and p.echo is False
+        assert (m.unit_index, m.shares, m.raw_shares) == (p.unit_index, p.shares, p.raw_shares)
+        assert m.confidence == pytest.approx(p.confidence) and m.source_fraction == pytest.approx(p.source_fraction)
+
+
+def test_question_competitor_absent_changes_nothing():
+    row = torch.tensor([0.0, 0.2, 0.1, 0.0, 0.1, 0.0, 0.0, 0.3, 0.3])
+    plain = TokenMapper(UnitIndex(_units()), MappingConfig(bias_correction="none")).map(row)
+    empty = TokenMapper(UnitIndex(_units(), competitor_positions=[]), MappingConfig(bias_correction="none")).map(row)
+    assert plain == empty and plain.unit_index == 0 and not plain.echo
+    # the sink region is never a competitor either
+    assert UnitIndex(_units(), exclude_first_positions=1, competitor_positions=[0]).competitor is None
+
+
+def test_peak_rule_never_picks_a_question_position():
+    index = UnitIndex(_units(), competitor_positions=[7, 8])
+    row = torch.tensor([0.0, 0.1, 0.1, 0.0, 0.3, 0.0, 0.0, 0.6, 0.1])
+    m = TokenMapper(index, MappingConfig(rule="peak", bias_correction="none")).map(row)
+    assert m.unit_index == 1 and m.echo

@@ -60,6 +60,15 @@ def test_header_positions_are_the_template_after_the_question(tiny_tokenizer, so
     assert "lighthouse" not in tail and "assistant" in tail
 
 
+def test_question_positions_are_exactly_the_question(tiny_tokenizer, sources):
+    layout = build_prompt(tiny_tokenizer, sources, "  How tall is the lighthouse?  ", "Be brief.")
+    asked = layout.question_positions
+    assert asked == list(range(asked[0], asked[-1] + 1))  # one contiguous stretch
+    assert set(asked) <= set(layout.reference_positions) and not set(asked) & set(layout.header_positions)
+    text = tiny_tokenizer.decode([layout.input_ids[p] for p in asked]).strip()
+    assert text == "How tall is the lighthouse?"  # not the "Question:" label, not the header
+
+
 def test_split_sources_into_sentence_units(tiny_tokenizer, sources):
     layout = build_prompt(tiny_tokenizer, sources, "q?", None, split_sources=True)
     doc3 = [u for u in layout.units if u.source_id == "doc3"]

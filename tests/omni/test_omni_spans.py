@@ -103,6 +103,8 @@ def test_text_source_keeps_its_text_unit(family, name):
     assert DOC.text in fam.tokenizer.decode(layout.input_ids[unit.token_start : unit.token_end])
     assert layout.reference_positions[0] == unit.token_end  # the question follows the last source
     assert layout.reference_positions[-1] == len(layout.input_ids) - 1
+    asked = fam.tokenizer.decode([layout.input_ids[p] for p in layout.question_positions]).strip()
+    assert asked == "What is in the picture?"  # the question competes (MappingConfig.question_competes)
 
 
 def test_audio_bins_are_25_tokens_per_second(family):

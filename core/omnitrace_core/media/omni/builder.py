@@ -149,12 +149,20 @@ class OmniPromptBuilder:
         self._check_disjoint(units)
         last = max(u.token_end for u in units)
         model_inputs = self._model_inputs(outputs, with_audio_track)
+        asked: list[int] = []
+        q_at = text.rfind(question.strip())
+        if q_at >= user_at:  # the question follows every source in the user message
+            a = _shift(q_at, replacements)
+            b = _shift(q_at + len(question.strip()), replacements)
+            spans = ((i, offsets[i]) for i in range(last, len(ids)))
+            asked = [i for i, (s, e) in spans if s < min(e, b) and e > a]
         return PromptLayout(
             input_ids=ids,
             units=units,
             reference_positions=list(range(last, len(ids))),
             text=text,
             model_inputs=model_inputs,
+            question_positions=asked,
         )
 
     # -- steps -----------------------------------------------------------------------------
