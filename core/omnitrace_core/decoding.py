@@ -149,6 +149,42 @@ def close_objects(schema: Any) -> Any:
     return out
 
 
+def response_format_constraint(response_format: Any) -> tuple[Grammar, str] | None:
+    """An OpenAI ``response_format`` as the grammar that enforces it and the instruction that
+    tells the model about it (None for ``{"type": "text"}``: no constraint).
+
+    ``{"type": "json_object"}``: any JSON object. ``{"type": "json_schema", "json_schema":
+    {"name", "schema", "strict"}}``: one value valid for ``schema``, its objects closed
+    (:func:`close_objects`) and the schema shown to the model (:func:`json_instruction`), as
+    the adapters' structured output does in-process. ``strict`` is accepted either way: the
+    grammar always holds the reply to the schema.
+
+    Raises:
+        InvalidInputError: not an object, an unknown ``type``, or a missing / non-object schema.
+    """
+    if not isinstance(response_format, dict):
+        raise InvalidInputError(
+            f"response_format must be an object such as {{'type': 'json_object'}}, got {response_format!r}"
+        )
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Grammar.json_schema({"type": "object"}), json_instruction(None)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidInputError(
+                "response_format json_schema needs 'json_schema': {'name': ..., 'schema': {...}} with "
+                f"the schema as a JSON object, got {spec!r}"
+            )
+        return Grammar.json_schema(close_objects(schema)), json_instruction(schema)
+    raise InvalidInputError(
+        f"response_format type {kind!r} is not supported (supported: 'text', 'json_object', 'json_schema')"
+    )
+
+
 def _llguidance() -> Any:
     try:
         import llguidance

@@ -89,6 +89,24 @@ class ToolCall:
     arguments: dict[str, Any]
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
 
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's shape: ``{"id", "type": "function", "function": {"name", "arguments"}}`` with
+        the arguments as a JSON string (what OpenAI clients parse)."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
+
+
+def tool_source_id(name: str | None, call_id: Any) -> str:
+    """The id a tool result is cited by: ``<tool name>:<call id>`` (the call id alone when the
+    tool is unknown; ``tool`` when there is no call id either). Every adapter and the server
+    name tool results this way, so a citation reads the same wherever the model ran."""
+    if call_id is None:
+        return name or "tool"
+    return f"{name}:{call_id}" if name else str(call_id)
+
 
 @dataclass(frozen=True)
 class ParsedToolCalls:
@@ -107,15 +125,31 @@ def template_takes_tools(tokenizer: Any) -> bool:
     return "tools" in str(template)
 
 
-def resolve_choice(tools: Sequence[ToolSpec], choice: str | None) -> str:
+def choice_name(tool_choice: Any) -> Any:
+    """The tool choice with an OpenAI ``{"type": "function", "function": {"name": ...}}`` dict
+    read as that function's name (other values pass through for :func:`resolve_choice`).
+
+    Raises:
+        InvalidInputError: a dict that names no function.
+    """
+    if isinstance(tool_choice, dict):
+        fn = tool_choice.get("function") if tool_choice.get("type") == "function" else tool_choice
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return fn["name"]
+        raise InvalidInputError(f"tool_choice dict must name a function: {tool_choice!r}")
+    return tool_choice
+
+
+def resolve_choice(tools: Sequence[ToolSpec], choice: Any) -> str:
     """``auto`` (the model decides), ``required`` (some tool), ``none``, or a tool's name.
 
-    Accepts the common spellings: ``any`` / ``True`` -> ``required``, a single tool with
-    ``required`` stays ``required``.
+    Accepts the common spellings: ``any`` / ``True`` -> ``required``, an OpenAI function dict
+    -> its name (:func:`choice_name`).
 
     Raises:
         InvalidInputError: an unknown choice or tool name (the known names are listed).
     """
+    choice = choice_name(choice)
     if choice is None or choice == "auto":
         return "auto"
     if choice in ("any", "required", True):

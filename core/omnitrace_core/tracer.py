@@ -66,7 +66,7 @@ from omnitrace_core.sources import (
     encode_with_plain_spans,
     validate_sources,
 )
-from omnitrace_core.tools import ToolSpec, render_prompt
+from omnitrace_core.tools import ToolSpec, render_prompt, resolve_choice, tool_call_grammar
 from omnitrace_core.validation import (
     check_device,
     check_dtype,
@@ -519,6 +519,7 @@ class Tracer:
         messages: Sequence[dict[str, Any]],
         *,
         tools: Sequence[ToolSpec] = (),
+        tool_choice: Any = None,
         parallel_tool_calls: bool = True,
         config: TracerConfig | None = None,
         stop: str | Sequence[str] | None = None,
@@ -530,7 +531,11 @@ class Tracer:
 
         ``messages`` are chat-template turns (:func:`omnitrace_core.tools.render_prompt`);
         ``tools`` are shown through the model's chat template when it takes them, else with
-        the documented fallback text. ``stop`` and ``grammar`` act as in :meth:`generate`.
+        the documented fallback text. ``tool_choice`` (``auto`` / ``required`` / a tool's name /
+        an OpenAI function dict; :func:`~omnitrace_core.tools.resolve_choice`) decodes the reply
+        under the tool-call grammar, so a call always parses (``none`` or None: no grammar);
+        every adapter and the server get tool calls this way. ``stop`` and ``grammar`` act as
+        in :meth:`generate` (``grammar`` and a tool choice exclude each other).
         Yields :class:`TextDelta` events, then a :class:`FinalEvent` whose answer has the text
         and usage but no sentences or sources. Observers see it like any generation (so every
         call gets a span, with or without sources).
@@ -542,6 +547,10 @@ class Tracer:
         try:
             if not messages:
                 raise InvalidInputError("no messages: nothing to answer")
+            if tool_choice is not None and (choice := resolve_choice(tools, tool_choice)) != "none":
+                if grammar is not None:
+                    raise InvalidInputError("give grammar or tool_choice, not both")
+                grammar = tool_call_grammar(tools, choice, parallel_tool_calls)
             prompt = render_prompt(self.tokenizer, messages, tools, parallel_tool_calls)
             input_ids = _encode_conversation(self.tokenizer, prompt, messages)
             gen = self._generation_kwargs(cfg, {**generation_kwargs, "stop": stop, "grammar": grammar})

@@ -45,7 +45,7 @@ from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Trac
 from omnitrace_core.decoding import cancel_kwargs, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, config_context_window, stored_config
-from omnitrace_core.tools import render_prompt, resolve_choice, tool_call_grammar
+from omnitrace_core.tools import render_prompt, resolve_choice
 from omnitrace_core.validation import check_number, check_positive_int, check_stop_strings, invalid
 from omnitrace_integrations.langchain.citations import (
     TEXT_BLOCK_INDEX,
@@ -490,19 +490,15 @@ class ChatOmniTrace(BaseChatModel):
         # A tool turn: tools are bound and either a call is forced or there is no tool result
         # yet to answer from. Once results are in, ``auto`` answers from them, citing them.
         tool_turn = bool(tools) and choice != "none" and (choice != "auto" or not request.sources)
-        if (tool_turn or grammar is not None) and _is_remote(tracer):
-            raise InvalidInputError(
-                "tool calls and structured output are not served by `omnitrace serve` yet (the "
-                "grammar runs next to the model): use a local model (no base_url) for them"
-            )
         if tool_turn:
-            gen["grammar"] = tool_call_grammar(tools, choice, parallel)
+            # The tracer (local, or the server behind a RemoteTracer) decodes under the
+            # tool-call grammar for this choice.
             turns = conversation_turns(messages)
             if instruction:
                 turns = _with_system(turns, instruction)
 
             def make() -> Iterator[Event]:
-                return plain_events(tracer, turns, gen, tools, parallel)
+                return plain_events(tracer, turns, gen, tools, parallel, choice)
 
             return request, make, True
         if grammar is not None:
@@ -531,7 +527,7 @@ class ChatOmniTrace(BaseChatModel):
                 turns = _with_system(turns, instruction)
 
             def make() -> Iterator[Event]:
-                if _is_remote(tracer):
+                if _is_remote(tracer) and "grammar" not in gen:
                     return remote_plain_events(tracer, turns, gen)
                 return plain_events(tracer, turns, gen)
 

@@ -119,12 +119,21 @@ def plain_events(
     gen: dict[str, Any],
     tools: list[ToolSpec] | None = None,
     parallel_tool_calls: bool = True,
+    tool_choice: str | None = None,
 ) -> Iterator[Event]:
     """Answer a conversation without sources (no attribution) through :meth:`Tracer.chat`,
     streaming text deltas; observers see it (a span per call). ``tools``: shown to the model
-    (chat template or fallback text); constrain the call with ``gen["grammar"]``."""
+    (chat template or fallback text); ``tool_choice`` decodes the reply under the tool-call
+    grammar (the tracer builds it, so a server does the same for a ``RemoteTracer``)."""
     answer: TracedAnswer | None = None
-    for event in tracer.chat(turns, tools=tools or (), parallel_tool_calls=parallel_tool_calls, **gen):
+    events = tracer.chat(
+        turns,
+        tools=tools or (),
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
+        **gen,
+    )
+    for event in events:
         if isinstance(event, TextDelta):
             yield ("delta", event.text)
         elif isinstance(event, FinalEvent):

@@ -45,6 +45,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from omnitrace_core import InvalidInputError, TextSource
 from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
+from omnitrace_core.tools import tool_source_id as core_tool_source_id
 
 logger = logging.getLogger("omnitrace.langchain")
 
@@ -453,7 +454,7 @@ def _split_content(
 def tool_source_id(message: ToolMessage) -> str:
     """The id a tool's text output is cited by: ``<tool name>:<call id>`` (the call id alone
     when the message has no tool name)."""
-    return f"{message.name}:{message.tool_call_id}" if message.name else str(message.tool_call_id)
+    return core_tool_source_id(message.name or None, message.tool_call_id)
 
 
 def _tool_sources(

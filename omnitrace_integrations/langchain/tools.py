@@ -21,23 +21,21 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolM
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 
 from omnitrace_core import InvalidInputError
-from omnitrace_core.tools import ParsedToolCalls, ToolSpec, parse_tool_calls
+from omnitrace_core.tools import ParsedToolCalls, ToolSpec, choice_name, parse_tool_calls
+
+__all__ = [
+    "choice_name",
+    "conversation_turns",
+    "tool_call_chunks",
+    "tool_call_message_fields",
+    "tool_specs",
+]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
 
 def tool_specs(tools: Sequence[dict[str, Any]] | None) -> list[ToolSpec]:
     return [ToolSpec.from_openai(t) for t in tools or []]
-
-
-def choice_name(tool_choice: Any) -> Any:
-    """The tool choice as a string (an OpenAI-style dict gives its function name)."""
-    if isinstance(tool_choice, dict):
-        fn = tool_choice.get("function") if tool_choice.get("type") == "function" else tool_choice
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return fn["name"]
-        raise InvalidInputError(f"tool_choice dict must name a function: {tool_choice!r}")
-    return tool_choice
 
 
 def _text(message: BaseMessage) -> str:

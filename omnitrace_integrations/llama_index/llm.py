@@ -70,7 +70,7 @@ from omnitrace_core import (
 )
 from omnitrace_core.decoding import Grammar, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
-from omnitrace_core.tools import ToolSpec, parse_tool_calls, tool_call_grammar
+from omnitrace_core.tools import ToolSpec, parse_tool_calls
 from omnitrace_integrations.llama_index.events import AttributionSpan
 from omnitrace_integrations.llama_index.labels import SourceLabels
 from omnitrace_integrations.llama_index.sources import (
@@ -573,8 +573,7 @@ class OmniTraceLLM(FunctionCallingLLM):
         # them, citing them; a forced choice calls again.
         if tools and choice != "none" and (choice != "auto" or not parsed.prepared.sources):
             turns = conversation_turns(messages, "\n".join(x for x in (system, instruction) if x) or None)
-            gen["grammar"] = tool_call_grammar(tools, choice, parallel)
-            return self._tool_turn(turns, tools, parallel, gen, list(parsed.prepared.notes))
+            return self._tool_turn(turns, tools, choice, parallel, gen, list(parsed.prepared.notes))
         if grammar is not None:
             gen["grammar"] = grammar
         if not parsed.prepared.sources:
@@ -641,7 +640,7 @@ class OmniTraceLLM(FunctionCallingLLM):
         chat = [{"role": "system", "content": system}] if system else []
         chat += [{"role": r if r in ("user", "assistant") else "user", "content": t} for r, t in parsed.turns]
         notes = [*parsed.prepared.notes, NO_SOURCES_NOTE]
-        if type(tracer).__module__ == "omnitrace_integrations.serving.client":
+        if type(tracer).__module__ == "omnitrace_integrations.serving.client" and "grammar" not in gen:
             return self._remote_plain(tracer, parsed, chat, gen)
 
         def run() -> Generator[ChatResponse, None, None]:
@@ -683,6 +682,7 @@ class OmniTraceLLM(FunctionCallingLLM):
         self,
         turns: list[dict[str, Any]],
         tools: list[ToolSpec],
+        choice: str,
         parallel: bool,
         gen: dict[str, Any],
         notes: list[str],
@@ -696,7 +696,8 @@ class OmniTraceLLM(FunctionCallingLLM):
         def run() -> Generator[ChatResponse, None, None]:
             text = ""
             is_text: bool | None = None  # decided by the first visible character
-            for event in tracer.chat(turns, tools=tools, parallel_tool_calls=parallel, **gen):
+            events = tracer.chat(turns, tools=tools, tool_choice=choice, parallel_tool_calls=parallel, **gen)
+            for event in events:
                 if isinstance(event, TextDelta):
                     text += event.text
                     if is_text is None and text.strip():

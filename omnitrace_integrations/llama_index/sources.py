@@ -45,7 +45,8 @@ from omnitrace_core import InvalidInputError, TextSource
 from omnitrace_core.errors import MediaAccessError, MediaError
 from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
-from omnitrace_integrations.llama_index.tools import message_tool_calls, tool_result_name, tool_source_id
+from omnitrace_core.tools import tool_source_id
+from omnitrace_integrations.llama_index.tools import message_tool_calls, tool_result_name
 
 logger = logging.getLogger("omnitrace.llama_index")
 

@@ -23,7 +23,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 
 from omnitrace_core import InvalidInputError
-from omnitrace_core.tools import ParsedToolCalls, ToolSpec, resolve_choice
+from omnitrace_core.tools import ParsedToolCalls, ToolSpec, choice_name, resolve_choice
 
 
 def tool_specs(tools: Sequence[Any] | None) -> list[ToolSpec]:
@@ -60,11 +60,7 @@ def tool_choice_name(specs: Sequence[ToolSpec], tool_required: bool, tool_choice
     Raises:
         InvalidInputError: an unknown choice or tool name (the bound tools are listed).
     """
-    if isinstance(tool_choice, dict):
-        fn = tool_choice.get("function") if tool_choice.get("type") == "function" else tool_choice
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise InvalidInputError(f"tool_choice dict must name a function: {tool_choice!r}")
-        tool_choice = fn["name"]
+    tool_choice = choice_name(tool_choice)
     if tool_choice is None:
         tool_choice = "required" if tool_required else "auto"
     return resolve_choice(specs, tool_choice)
@@ -107,14 +103,6 @@ def tool_result_name(message: ChatMessage, calls_by_id: dict[str, str]) -> str |
         return str(name)
     call_id = kw.get("tool_call_id")
     return calls_by_id.get(str(call_id)) if call_id is not None else None
-
-
-def tool_source_id(name: str | None, call_id: Any) -> str:
-    """``<tool name>:<call id>`` (the call id alone when the tool is unknown; ``tool`` when
-    there is no call id either)."""
-    if call_id is None:
-        return name or "tool"
-    return f"{name}:{call_id}" if name else str(call_id)
 
 
 def _text(message: ChatMessage) -> str:

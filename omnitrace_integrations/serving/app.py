@@ -43,11 +43,13 @@ from omnitrace_core import (
     UnknownNameError,
 )
 from omnitrace_core.decoding import cancel_kwargs
+from omnitrace_core.tools import ParsedToolCalls, parse_tool_calls
 from omnitrace_integrations.serving.convert import (
     ApiError,
     Conversation,
     count_prompt_tokens,
     generation_kwargs,
+    read_constraints,
     read_conversation,
     tracer_config,
 )
@@ -466,7 +468,14 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         req: ChatCompletionRequest = await _read_json(request, ChatCompletionRequest)
         check_model(req.model)
         conv = read_conversation(req.messages, req.documents, settings)
-        cfg = tracer_config(tracer.config, conv, req.omnitrace)
+        rules = read_constraints(req, conv)
+        tool_turn = rules.tool_turn(conv)
+        if tool_turn and conv.sources:
+            conv.notes.append(
+                f"tool_choice {rules.choice!r} forces a tool call: the documents are not shown to "
+                "the model in this turn"
+            )
+        cfg = tracer_config(tracer.config, conv, req.omnitrace, rules.instruction if rules.grammar else "")
         gen = generation_kwargs(
             settings,
             max_tokens=req.max_completion_tokens or req.max_tokens,
@@ -487,14 +496,25 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                 import torch
 
                 torch.manual_seed(req.seed)
+            if tool_turn:  # the core builds the tool-call grammar for this choice
+                return tracer.chat(
+                    conv.chat_turns,
+                    tools=rules.tools,
+                    tool_choice=rules.choice,
+                    parallel_tool_calls=rules.parallel,
+                    **gen,
+                )
             if conv.sources:
-                return tracer.stream(conv.sources, conv.question, config=cfg, **gen)
+                return tracer.stream(conv.sources, conv.question, config=cfg, grammar=rules.grammar, **gen)
+            if rules.grammar is not None:
+                turns = _with_system(conv.turns, rules.instruction)
+                return tracer.chat(turns, grammar=rules.grammar, **gen)
             return plain_stream(tracer, conv.turns, gen)
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         first, events = await start(make, request, deadline, cancel)
         if req.stream:
-            body = _sse(completion_id, first, events, req, conv, cancel, t0)
+            body = _sse(completion_id, first, events, req, conv, cancel, t0, tool_turn)
             return StreamingResponse(
                 body,
                 media_type="text/event-stream",
@@ -511,33 +531,34 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         finally:
             watcher.cancel()
             await events.aclose()
-        return JSONResponse(_completion(completion_id, final, req, conv))
+        return JSONResponse(_completion(completion_id, final, req, conv, tool_turn))
 
-    def _completion(cid: str, final: Any, req: ChatCompletionRequest, conv: Conversation) -> dict[str, Any]:
+    def _completion(
+        cid: str, final: Any, req: ChatCompletionRequest, conv: Conversation, tool_turn: bool
+    ) -> dict[str, Any]:
         answer = final.answer if isinstance(final, FinalEvent) else None
         text, prompt_n, gen_n, finish = _final_fields(final)
         metrics.tokens.labels("prompt").inc(prompt_n)
         metrics.tokens.labels("completion").inc(gen_n)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text,
+            "refusal": None,
+            "annotations": answer_annotations(answer) if answer is not None else [],
+        }
+        block = omnitrace_block(answer, req.omnitrace.include_answer, _notes(conv))
+        if tool_turn:
+            calls = parse_tool_calls(text)
+            message["content"] = calls.text or (None if calls.calls else "")
+            finish = _tool_fields(calls, message, block, finish)
         return {
             "id": cid,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": text,
-                        "refusal": None,
-                        "annotations": answer_annotations(answer) if answer is not None else [],
-                    },
-                    "finish_reason": finish,
-                    "logprobs": None,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": usage(prompt_n, gen_n),
-            "omnitrace": omnitrace_block(answer, req.omnitrace.include_answer, _notes(conv)),
+            "omnitrace": block,
         }
 
     async def _sse(
@@ -548,8 +569,14 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         conv: Conversation,
         cancel: threading.Event,
         t0: float,
+        tool_turn: bool = False,
     ) -> AsyncIterator[bytes]:
+        """The SSE body. In a tool turn, a reply that starts with ``<`` is a call (the grammar
+        allows plain text only when it does not): it is held back and sent parsed, as
+        ``delta.tool_calls``, at the end; a text reply streams as it decodes."""
         created_at = int(time.time())
+        mode: str | None = None if tool_turn else "text"  # a tool turn: "text" or "call" once known
+        pending = ""
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             body = {
@@ -572,7 +599,14 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                     if first_token:
                         metrics.first_token.observe(time.monotonic() - t0)
                         first_token = False
-                    yield chunk({"content": event.text})
+                    if mode == "text":
+                        yield chunk({"content": event.text})
+                    elif mode is None:
+                        pending += event.text
+                        if pending.strip():
+                            mode = "call" if pending.lstrip().startswith("<") else "text"
+                            if mode == "text":
+                                yield chunk({"content": pending})
                 elif isinstance(event, SentenceEvent):
                     yield chunk(
                         {"annotations": sentence_annotations(event.sentence)},
@@ -580,14 +614,20 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                     )
                 elif isinstance(event, (FinalEvent, PlainFinal)):
                     answer = event.answer if isinstance(event, FinalEvent) else None
-                    _, prompt_n, gen_n, finish = _final_fields(event)
+                    text, prompt_n, gen_n, finish = _final_fields(event)
                     metrics.tokens.labels("prompt").inc(prompt_n)
                     metrics.tokens.labels("completion").inc(gen_n)
-                    yield chunk(
-                        {},
-                        finish,
-                        omnitrace=omnitrace_block(answer, req.omnitrace.include_answer, _notes(conv)),
-                    )
+                    block = omnitrace_block(answer, req.omnitrace.include_answer, _notes(conv))
+                    if tool_turn:
+                        calls = parse_tool_calls(text)
+                        if mode != "text" and calls.text:
+                            yield chunk({"content": calls.text})
+                        message: dict[str, Any] = {}
+                        finish = _tool_fields(calls, message, block, finish)
+                        if message.get("tool_calls"):
+                            delta = [{"index": k, **c} for k, c in enumerate(message["tool_calls"])]
+                            yield chunk({"tool_calls": delta})
+                    yield chunk({}, finish, omnitrace=block)
                     if req.stream_options is not None and req.stream_options.include_usage:
                         body = {
                             "id": cid,
@@ -656,6 +696,27 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         )
 
     return app
+
+
+def _with_system(turns: list[dict[str, str]], text: str) -> list[dict[str, str]]:
+    """``turns`` with ``text`` added to the system turn (one is made if there is none), as the
+    in-process adapters add a ``response_format`` instruction."""
+    if not text:
+        return turns
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": f"{turns[0]['content']}\n{text}"}, *turns[1:]]
+    return [{"role": "system", "content": text}, *turns]
+
+
+def _tool_fields(calls: ParsedToolCalls, message: dict[str, Any], block: dict[str, Any], finish: str) -> str:
+    """Fill a tool turn's ``message.tool_calls`` (OpenAI's shape) and
+    ``omnitrace.invalid_tool_calls`` (calls the token limit cut: reported, never guessed);
+    return the finish reason (``tool_calls`` when there is a call)."""
+    if calls.calls:
+        message["tool_calls"] = [c.openai() for c in calls.calls]
+    if calls.invalid:
+        block["invalid_tool_calls"] = [{"raw": raw, "error": error} for raw, error in calls.invalid]
+    return "tool_calls" if calls.calls else finish
 
 
 def _final_fields(final: Any) -> tuple[str, int, int, str]:

@@ -35,7 +35,9 @@ from omnitrace_core import (
     TracedAnswer,
     TracerConfig,
 )
+from omnitrace_core.decoding import Grammar
 from omnitrace_core.sources import validate_sources
+from omnitrace_core.tools import ToolCall, ToolSpec, resolve_choice
 from omnitrace_integrations.serving.plain import PlainFinal
 
 #: Config fields a request may change on the server (the rest are fixed by the server's tracer).
@@ -167,6 +169,53 @@ class RemoteTracer:
         }
         return TracedAnswer.model_validate(self._json("POST", "/v1/attribute", body)["omnitrace"]["answer"])
 
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: Any = None,
+        parallel_tool_calls: bool = True,
+        config: TracerConfig | None = None,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
+        threaded: bool = True,
+        **generation_kwargs: Any,
+    ) -> Iterator[StreamEvent]:
+        """Like :meth:`Tracer.chat`: a conversation without sources, tools and tool choice
+        included, decoded on the server (which builds the same tool-call grammar).
+
+        ``messages`` are chat-template turns (assistant ``tool_calls`` as ``{"id", "name",
+        "arguments"}``, ``tool`` turns with ``tool_call_id`` / ``name``); they are sent in
+        OpenAI's shape. Yields the streamed text deltas, then a :class:`FinalEvent` whose answer
+        is the server's own (``text`` is the model's raw reply, tool-call blocks included, so
+        the adapters parse it exactly as in-process). ``grammar``: a JSON-schema grammar, sent
+        as ``response_format``.
+        """
+        del threaded  # the server decides how it decodes
+        self._options(config)  # a config the server cannot honour is refused by name
+        gen = dict(generation_kwargs)
+        if stop is not None:
+            gen["stop"] = stop
+        body: dict[str, Any] = {
+            "messages": [_openai_turn(m) for m in messages],
+            "stream": True,
+            "omnitrace": {"include_answer": True, "format_instruction": ""},
+            **_sampling(gen),
+            **_response_format(grammar),
+        }
+        if tools:
+            body["tools"] = [t.openai() for t in tools]
+            body["parallel_tool_calls"] = bool(parallel_tool_calls)
+            if tool_choice is not None:
+                choice = resolve_choice(tools, tool_choice)
+                body["tool_choice"] = (
+                    choice
+                    if choice in ("auto", "required", "none")
+                    else {"type": "function", "function": {"name": choice}}
+                )
+        return self._chat_events(body)
+
     def chat_stream(
         self, turns: list[dict[str, str]], **generation_kwargs: Any
     ) -> Iterator[TextDelta | PlainFinal]:
@@ -206,12 +255,17 @@ class RemoteTracer:
         options = self._options(config)
         if "no_repeat_ngram_size" in gen:
             options["no_repeat_ngram_size"] = int(gen.pop("no_repeat_ngram_size"))
+        grammar = gen.pop("grammar", None)
+        if grammar is not None:
+            # The caller's prompt already says what to write (as in-process): no second instruction.
+            options["format_instruction"] = ""
         return {
             "messages": [{"role": "user", "content": question}],
             "documents": documents(sources),
             "stream": stream,
             "omnitrace": {**options, "include_answer": True},
             **_sampling(gen),
+            **_response_format(grammar),
         }
 
     def _headers_with_trace(self) -> dict[str, str]:
@@ -271,6 +325,17 @@ class RemoteTracer:
             if extra.get("answer") is not None:
                 yield FinalEvent(answer=TracedAnswer.model_validate(extra["answer"]))
 
+    def _chat_events(self, body: dict[str, Any]) -> Iterator[StreamEvent]:
+        n = 0
+        for chunk in self._sse(body):
+            choice = chunk["choices"][0] if chunk.get("choices") else None
+            if choice is not None and choice["delta"].get("content"):
+                yield TextDelta(text=choice["delta"]["content"], token_index=n)
+                n += 1
+            answer = (chunk.get("omnitrace") or {}).get("answer")
+            if answer is not None:
+                yield FinalEvent(answer=TracedAnswer.model_validate(answer))
+
     def _plain_events(self, body: dict[str, Any]) -> Iterator[TextDelta | PlainFinal]:
         n, text, finish, used = 0, "", "stop", {"prompt_tokens": 0, "completion_tokens": 0}
         for chunk in self._sse(body):
@@ -288,6 +353,43 @@ class RemoteTracer:
         yield PlainFinal(
             text, int(used["prompt_tokens"]), int(used["completion_tokens"]), finish, self.loaded.name
         )
+
+
+def _openai_turn(turn: dict[str, Any]) -> dict[str, Any]:
+    """A chat-template turn in OpenAI's message shape (tool calls with JSON-string arguments)."""
+    out: dict[str, Any] = {"role": turn["role"], "content": turn.get("content") or ""}
+    if turn.get("tool_calls"):
+        out["tool_calls"] = [
+            ToolCall(
+                name=c["name"], arguments=c.get("arguments", c.get("args", {})), id=str(c.get("id") or "")
+            ).openai()
+            for c in turn["tool_calls"]
+        ]
+    if turn["role"] == "tool":
+        out["tool_call_id"] = turn.get("tool_call_id")
+        if turn.get("name"):
+            out["name"] = turn["name"]
+    return out
+
+
+def _response_format(grammar: Grammar | None) -> dict[str, Any]:
+    """A grammar as the request's ``response_format`` (only JSON-schema grammars travel: the
+    server builds the grammar itself, never from caller-supplied grammar text)."""
+    if grammar is None:
+        return {}
+    if not isinstance(grammar, Grammar) or grammar.kind != "json_schema":
+        kind = grammar.kind if isinstance(grammar, Grammar) else type(grammar).__name__
+        raise InvalidInputError(
+            f"a {kind} grammar cannot be sent to an omnitrace server: only JSON schemas "
+            "(response_format) and tools are served"
+        )
+    schema = json.loads(grammar.text)
+    return {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": str(schema.get("title") or "output"), "schema": schema, "strict": True},
+        }
+    }
 
 
 def _sampling(gen: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnitrace_core import MediaSource, TextSource, TracerConfig
+from omnitrace_core import (
+    Grammar,
+    InvalidInputError,
+    MediaSource,
+    MissingDependencyError,
+    TextSource,
+    TracerConfig,
+)
+from omnitrace_core.decoding import check_grammar, response_format_constraint
 from omnitrace_core.sources import Source
-from omnitrace_integrations.serving.schemas import Document, Message, OmniTraceOptions
+from omnitrace_core.tools import ToolSpec, resolve_choice, tool_call_grammar, tool_source_id
+from omnitrace_integrations.serving.schemas import ChatCompletionRequest, Document, Message, OmniTraceOptions
 from omnitrace_integrations.serving.settings import ServeSettings
 
 _DATA_URL = re.compile(
@@ -42,6 +52,10 @@ class Conversation:
     question: str = ""
     system: str = ""
     turns: list[dict[str, str]] = field(default_factory=list)
+    """System and user / assistant text turns (a conversation without sources)."""
+    chat_turns: list[dict[str, Any]] = field(default_factory=list)
+    """:attr:`turns` plus the assistant's tool calls and the ``tool`` results, in order (what
+    :func:`omnitrace_core.tools.render_prompt` shows the model in a tool turn)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -156,11 +170,11 @@ def read_conversation(
     conv = Conversation()
     systems: list[str] = []
     history: list[tuple[str, str]] = []
-    calls: set[str] = set()  # tool call ids the assistant made so far (checked once there are any)
+    chat: list[dict[str, Any]] = []
+    calls: dict[str, str] = {}  # id -> tool name of the calls the assistant made so far
     for i, message in enumerate(messages):
-        for call in message.tool_calls or []:
-            if isinstance(call, dict) and isinstance(call.get("id"), str):
-                calls.add(call["id"])
+        made = _assistant_calls(message, i)
+        calls.update({c["id"]: c["name"] for c in made if c["id"]})
         text = _content_text(message, i, conv.sources)
         if message.role == "tool":
             if not message.tool_call_id:
@@ -178,12 +192,33 @@ def read_conversation(
                     f"tool call (known: {', '.join(sorted(calls))})",
                     f"messages[{i}].tool_call_id",
                 )
-            conv.sources.append(TextSource(id=message.tool_call_id, text=text, title=message.name))
+            name = message.name or calls.get(message.tool_call_id)
+            conv.sources.append(
+                TextSource(
+                    id=tool_source_id(name, message.tool_call_id),
+                    text=text,
+                    title=name,
+                    metadata={"tool": name, "tool_call_id": message.tool_call_id} if name else {},
+                )
+            )
+            chat.append(
+                {
+                    "role": "tool",
+                    "content": text,
+                    "tool_call_id": message.tool_call_id,
+                    "name": name or "tool",
+                }
+            )
         elif message.role in ("system", "developer"):
             if text.strip():
                 systems.append(text.strip())
+        elif made:
+            chat.append({"role": "assistant", "content": text.strip(), "tool_calls": made})
+            if text.strip():
+                history.append((message.role, text.strip()))
         elif text.strip():
             history.append((message.role, text.strip()))
+            chat.append({"role": message.role, "content": text.strip()})
     conv.sources.extend(document_source(d, k) for k, d in enumerate(documents))
     if len(conv.sources) > settings.max_sources:
         raise ApiError(
@@ -202,6 +237,7 @@ def read_conversation(
     conv.turns = ([{"role": "system", "content": conv.system}] if conv.system else []) + [
         {"role": role, "content": text} for role, text in history
     ]
+    conv.chat_turns = ([{"role": "system", "content": conv.system}] if conv.system else []) + chat
     last_user = max((k for k, (role, _) in enumerate(history) if role == "user"), default=None)
     if last_user is None:
         raise ApiError(
@@ -216,12 +252,141 @@ def read_conversation(
     return conv
 
 
-def tracer_config(base: TracerConfig, conv: Conversation, options: OmniTraceOptions) -> TracerConfig:
-    """The server's config with the request's system prompt / split_sources."""
+def _assistant_calls(message: Message, index: int) -> list[dict[str, Any]]:
+    """An assistant message's OpenAI ``tool_calls`` as ``[{"id", "name", "arguments"}]`` (the
+    arguments parsed from their JSON string), the turn shape ``render_prompt`` takes."""
+    out: list[dict[str, Any]] = []
+    for k, call in enumerate(message.tool_calls or []):
+        where = f"messages[{index}].tool_calls[{k}]"
+        fn = call.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ApiError(400, "invalid_message", f"{where}: needs function.name (a string)", where)
+        args: Any = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ApiError(
+                    400, "invalid_message", f"{where}: function.arguments is not JSON ({exc.msg})", where
+                ) from exc
+        if not isinstance(args, dict):
+            raise ApiError(
+                400, "invalid_message", f"{where}: function.arguments must be a JSON object", where
+            )
+        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        out.append({"id": call_id, "name": fn["name"], "arguments": args})
+    return out
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """How a request constrains the reply: its tools, tool choice and response format.
+
+    Attributes:
+        tools: The request's tools.
+        choice: ``auto`` / ``required`` / ``none`` / a tool's name (``none`` without tools).
+        parallel: Whether one reply may hold several calls.
+        grammar: The ``response_format`` grammar (None: free text).
+        instruction: What the model is told about ``response_format`` (added to the system prompt).
+    """
+
+    tools: list[ToolSpec]
+    choice: str
+    parallel: bool
+    grammar: Grammar | None
+    instruction: str
+
+    def tool_turn(self, conv: Conversation) -> bool:
+        """Whether the reply is decoded as a tool call: tools are given and a call is forced,
+        or ``auto`` has no tool result or document to answer from yet (the in-process rule:
+        once results are in, ``auto`` answers from them and cites them)."""
+        return bool(self.tools) and self.choice != "none" and (self.choice != "auto" or not conv.sources)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).split("\n", 1)[0]
+
+
+def read_constraints(req: ChatCompletionRequest, conv: Conversation) -> Constraints:
+    """The request's ``tools`` / ``tool_choice`` / ``parallel_tool_calls`` / ``response_format``,
+    checked before the request waits for the model: each tool's schema and the response
+    format's schema are compiled (llguidance), so a malformed one is a 400 naming it.
+
+    Raises:
+        ApiError: 400 ``invalid_tools``, ``invalid_tool_choice``, ``invalid_response_format`` or
+            ``unsupported_combination``; 501 ``structured_not_installed`` without llguidance.
+    """
+    try:
+        return _constraints(req, conv)
+    except MissingDependencyError as exc:
+        raise ApiError(501, "structured_not_installed", str(exc)) from exc
+
+
+def _constraints(req: ChatCompletionRequest, conv: Conversation) -> Constraints:
+    specs: list[ToolSpec] = []
+    for k, tool in enumerate(req.tools or []):
+        where = f"tools[{k}]"
+        if tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise ApiError(
+                400,
+                "invalid_tools",
+                f"{where}: only function tools are supported: {{'type': 'function', 'function': "
+                f"{{'name', 'description', 'parameters'}}}}, got type {tool.get('type')!r}",
+                where,
+            )
+        try:
+            spec = ToolSpec.from_openai(tool)
+            check_grammar(tool_call_grammar([spec], "required", parallel=False))
+        except InvalidInputError as exc:
+            name = tool["function"].get("name")
+            raise ApiError(400, "invalid_tools", f"{where} ({name!r}): {_first_line(exc)}", where) from exc
+        if any(s.name == spec.name for s in specs):
+            raise ApiError(400, "invalid_tools", f"{where}: two tools are named {spec.name!r}", where)
+        specs.append(spec)
+    if req.tool_choice is not None and req.tool_choice != "none" and not specs:
+        raise ApiError(
+            400,
+            "invalid_tool_choice",
+            f"tool_choice {req.tool_choice!r} needs tools: none were given",
+            "tool_choice",
+        )
+    try:
+        choice = resolve_choice(specs, req.tool_choice) if specs else "none"
+    except InvalidInputError as exc:
+        raise ApiError(400, "invalid_tool_choice", str(exc), "tool_choice") from exc
+    grammar, instruction = None, ""
+    if req.response_format is not None:
+        try:
+            constraint = response_format_constraint(req.response_format)
+            if constraint is not None:
+                grammar, instruction = constraint
+                check_grammar(grammar)
+        except InvalidInputError as exc:
+            raise ApiError(400, "invalid_response_format", _first_line(exc), "response_format") from exc
+    if req.omnitrace.format_instruction is not None:
+        instruction = req.omnitrace.format_instruction
+    out = Constraints(specs, choice, req.parallel_tool_calls, grammar, instruction)
+    if grammar is not None and out.tool_turn(conv):
+        raise ApiError(
+            400,
+            "unsupported_combination",
+            f"response_format with tool_choice {choice!r}: this reply is a tool call, decoded under the "
+            "tool-call grammar; send response_format on the turn that answers (or tool_choice 'none')",
+            "response_format",
+        )
+    return out
+
+
+def tracer_config(
+    base: TracerConfig, conv: Conversation, options: OmniTraceOptions, instruction: str = ""
+) -> TracerConfig:
+    """The server's config with the request's system prompt / split_sources (and a
+    ``response_format`` instruction appended to the system prompt, as in-process)."""
     update: dict[str, Any] = {}
     system_prompt = options.system_prompt if options.system_prompt is not None else base.system_prompt
-    if conv.system:
-        system_prompt = f"{system_prompt}\n{conv.system}"
+    extra = "\n".join(x for x in (conv.system, instruction) if x)
+    if extra:
+        system_prompt = f"{system_prompt}\n{extra}"
     if system_prompt != base.system_prompt:
         update["system_prompt"] = system_prompt
     if options.split_sources is not None:

@@ -60,6 +60,9 @@ class OmniTraceOptions(BaseModel):
     split_sources: bool | None = None
     """Cite sentences inside documents instead of whole documents."""
     no_repeat_ngram_size: int | None = Field(None, ge=0)
+    format_instruction: str | None = None
+    """Replaces the instruction a ``response_format`` adds to the system prompt (``""``: none).
+    The Python clients send ``""``: they put their own instruction in the prompt, as in-process."""
     include_answer: bool = False
     """Add the full core result (``TracedAnswer`` JSON, per-token records included) as
     ``omnitrace.answer``: what the Python clients use to rebuild identical results."""
@@ -86,6 +89,13 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI function tools: ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    response_format: dict[str, Any] | None = None
+    """``{"type": "text" | "json_object"}`` or
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``."""
     documents: list[Document] = Field(default_factory=list)
     omnitrace: OmniTraceOptions = Field(default_factory=OmniTraceOptions)
 

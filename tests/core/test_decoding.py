@@ -105,3 +105,41 @@ def test_parse_tool_calls_text_calls_repeats_and_cut_calls():
     tag = parse_tool_calls("<tool_")
     assert not tag.calls and tag.text == "" and tag.invalid == [("<tool_", tag.invalid[0][1])]
     assert parse_tool_calls("Plain answer.").text == "Plain answer."
+
+
+def test_response_format_constraint_reads_openai_formats():
+    from omnitrace_core.decoding import close_objects, json_instruction, response_format_constraint
+
+    assert response_format_constraint({"type": "text"}) is None
+    grammar, instruction = response_format_constraint({"type": "json_object"})
+    assert json.loads(grammar.text) == {"type": "object"} and instruction == json_instruction(None)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    grammar, instruction = response_format_constraint(
+        {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
+    )
+    assert json.loads(grammar.text) == close_objects(schema) and instruction == json_instruction(schema)
+    for bad, named in [
+        ({"type": "xml"}, "'xml'"),
+        ({"type": "json_schema", "json_schema": {"name": "n"}}, "schema"),
+        ("json", "response_format must be an object"),
+    ]:
+        with pytest.raises(InvalidInputError, match=re.escape(named)):
+            response_format_constraint(bad)
+
+
+def test_chat_tool_choice_decodes_under_the_call_grammar(tiny_tracer):
+    pytest.importorskip("llguidance")
+    from omnitrace_core.tools import ToolSpec, parse_tool_calls
+
+    spec = ToolSpec("shout", "Shout.", {"type": "object", "properties": {"w": {"enum": ["hi", "yo"]}}, "required": ["w"]})
+    turns = [{"role": "user", "content": "Say hi"}]
+    events = list(tiny_tracer.chat(turns, tools=[spec], tool_choice="required", max_new_tokens=60))
+    final = events[-1]
+    assert isinstance(final, FinalEvent)
+    calls = parse_tool_calls(final.answer.text).calls
+    assert calls and all(c.name == "shout" and c.arguments["w"] in ("hi", "yo") for c in calls)
+    assert calls[0].openai()["function"]["arguments"] == json.dumps(calls[0].arguments)
+    with pytest.raises(InvalidInputError, match="not both"):
+        list(tiny_tracer.chat(turns, tools=[spec], tool_choice="shout", grammar=Grammar.regex("x")))
+    with pytest.raises(InvalidInputError, match="'fly'"):
+        list(tiny_tracer.chat(turns, tools=[spec], tool_choice={"type": "function", "function": {"name": "fly"}}))

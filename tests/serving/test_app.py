@@ -228,7 +228,11 @@ BAD = [
         {
             "messages": [
                 {"role": "user", "content": "q"},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f"}}],
+                },
                 {"role": "tool", "tool_call_id": "call_9", "content": "x"},
             ]
         },

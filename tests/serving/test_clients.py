@@ -228,26 +228,3 @@ def test_closing_a_remote_stream_stops_the_servers_generation(tiny_tracer, serve
         assert isinstance(event, TextDelta)
     events.close()
     assert endless.closed.wait(10), "the server kept generating after the client closed its stream"
-
-
-def test_tools_and_structured_output_over_a_server_are_refused_by_name(tiny_tracer, serve_app):
-    pytest.importorskip("langchain_core")
-    from langchain_core.tools import tool
-    from pydantic import BaseModel
-
-    from omnitrace_core import InvalidInputError
-    from omnitrace_integrations.langchain import ChatOmniTrace
-
-    @tool
-    def lookup(city: str) -> str:
-        """The weather in a city."""
-        return "21 degrees"
-
-    class Answer(BaseModel):
-        text: str
-
-    remote = ChatOmniTrace(base_url=serve_app(tiny_tracer), max_tokens=8)
-    with pytest.raises(InvalidInputError, match="not served by `omnitrace serve`"):
-        remote.bind_tools([lookup], tool_choice="any").invoke("Weather in Oslo?")
-    with pytest.raises(InvalidInputError, match="not served by `omnitrace serve`"):
-        remote.with_structured_output(Answer).invoke("Say hi")

@@ -1,7 +1,8 @@
 """LangChain's standard integration tests for ChatOmniTrace talking to ``omnitrace serve``.
 
-The same suite as ``tests/integration_tests/test_standard.py`` (same declared capabilities), with
-``base_url`` pointing at a real uvicorn server over the packaged SmolLM2-135M-Instruct.
+The same suite as ``tests/integration_tests/test_standard.py`` (same declared capabilities, tools
+and structured output included, and the same expected failures), with ``base_url`` pointing at a
+real uvicorn server over the packaged SmolLM2-135M-Instruct.
 """
 
 from __future__ import annotations
@@ -37,22 +38,7 @@ def _server_url() -> str:
 class TestChatOmniTraceRemoteIntegration(in_process.TestChatOmniTraceIntegration):
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"base_url": _server_url(), "max_tokens": 12}
-
-    # Tool calls and structured output run a grammar next to the model; the server does not
-    # take tools / response_format yet (docs/serving.md), so a remote model refuses them by name.
-    @property
-    def has_tool_calling(self) -> bool:
-        return False
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return False
-
-    @property
-    def has_structured_output(self) -> bool:
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return False
+        # As in-process: a complete tool call or JSON object needs up to 128 tokens. Tool calling,
+        # tool choice, structured output and JSON mode are served (docs/serving.md), so the
+        # in-process declarations and expected failures apply unchanged.
+        return {"base_url": _server_url(), "max_tokens": 128}
