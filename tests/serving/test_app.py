@@ -168,6 +168,33 @@ def test_control_tokens_typed_without_sources_count_as_text_against_the_prompt_l
     assert f"{n} tokens" in r.json()["error"]["message"]
 
 
+def test_a_stop_string_without_sources_ends_the_answer_and_is_not_in_it(tiny_tracer, serve_app):
+    """OpenAI's behaviour: the stop sequence and what follows are not returned."""
+    url = serve_app(tiny_tracer)
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12}
+    free = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    full = free["choices"][0]["message"]["content"]
+    stop = full.strip()[len(full.strip()) // 2 :][:3]
+    assert stop.strip(), f"the tiny model's answer {full!r} is too short to cut"
+    for stream in (False, True):
+        r = httpx.post(
+            f"{url}/v1/chat/completions", json={**body, "stop": [stop], "stream": stream}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        if stream:
+            chunks = _sse(r.text.splitlines())
+            text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+            finish = next(
+                c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]
+            )
+        else:
+            text, finish = (
+                r.json()["choices"][0]["message"]["content"],
+                r.json()["choices"][0]["finish_reason"],
+            )
+        assert text == full[: full.index(stop)] and finish == "stop"
+
+
 def test_tool_messages_are_sources_cited_by_their_call_id(tiny_tracer, serve_app):
     url = serve_app(tiny_tracer)
     body = {
@@ -400,10 +427,15 @@ def test_waiting_past_the_request_timeout_answers_408(tiny_tracer, serve_app):
     first.join(60)
 
 
-def test_a_client_that_disconnects_mid_stream_stops_its_generation(tiny_tracer, serve_app):
+@pytest.mark.parametrize(
+    "body",
+    [chat_body(stream=True), {"messages": [{"role": "user", "content": QUESTION}], "stream": True}],
+    ids=["sources", "no sources"],
+)
+def test_a_client_that_disconnects_mid_stream_stops_its_generation(tiny_tracer, serve_app, body):
     endless = EndlessTracer(tiny_tracer)
     url = serve_app(endless)
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body(stream=True), timeout=60) as r:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         while endless.deltas < 5:
