@@ -674,14 +674,8 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        config = ensure_config(config)
-        config = {**config, "run_id": config.get("run_id") or uuid7()}
-        token = _RUN_CONFIG.set(config)
-        try:
-            yield from super().stream(input, config, stop=stop, **kwargs)
-        finally:
-            with contextlib.suppress(ValueError):  # finalised in another context
-                _RUN_CONFIG.reset(token)
+        with _own_run(config) as run_config:
+            yield from super().stream(input, run_config, stop=stop, **kwargs)
 
     async def astream(
         self,
@@ -691,15 +685,9 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
-        config = ensure_config(config)
-        config = {**config, "run_id": config.get("run_id") or uuid7()}
-        token = _RUN_CONFIG.set(config)
-        try:
-            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+        with _own_run(config) as run_config:
+            async for chunk in super().astream(input, run_config, stop=stop, **kwargs):
                 yield chunk
-        finally:
-            with contextlib.suppress(ValueError):
-                _RUN_CONFIG.reset(token)
 
     def _run_target(self) -> tuple[RunnableConfig, Any] | None:
         config = _RUN_CONFIG.get()
@@ -902,6 +890,20 @@ class ChatOmniTrace(BaseChatModel):
         finally:
             cancel.set()
             await events.aclose()
+
+
+@contextlib.contextmanager
+def _own_run(config: RunnableConfig | None) -> Iterator[RunnableConfig]:
+    """``config`` with this call's run id fixed (the caller's, else a new one), left in
+    :data:`_RUN_CONFIG` while the stream runs so a citation event finds its run."""
+    config = ensure_config(config)
+    config = {**config, "run_id": config.get("run_id") or uuid7()}
+    token = _RUN_CONFIG.set(config)
+    try:
+        yield config
+    finally:
+        with contextlib.suppress(ValueError):  # finalised in another context
+            _RUN_CONFIG.reset(token)
 
 
 def _handler_failed(exc: Exception) -> None:
