@@ -592,14 +592,16 @@ class ChatOmniTrace(BaseChatModel):
             return answer_metadata(outcome.answer)
         return {"model_name": outcome.model, "finish_reason": outcome.finish_reason}
 
+    @staticmethod
+    def _tool_turn_text(text: str) -> list[Any]:
+        """A tool turn's content: its text beside the calls as one text block, or none."""
+        return [{"type": "text", "text": text, "index": TEXT_BLOCK_INDEX}] if text else []
+
     def _message(self, outcome: Outcome, tool_turn: bool = False) -> AIMessage:
         if tool_turn:
             parsed, fields = tool_call_message_fields(outcome.text)
-            content: list[Any] = (
-                [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
-            )
             return AIMessage(
-                content=content,
+                content=self._tool_turn_text(parsed.text),
                 usage_metadata=self._usage(outcome),
                 response_metadata=self._metadata(outcome),
                 **fields,
@@ -617,24 +619,14 @@ class ChatOmniTrace(BaseChatModel):
     def _tool_turn_chunks(self, outcome: Outcome) -> Iterator[ChatGenerationChunk]:
         """A tool turn streams as one chunk: its text (if any) and whole tool-call chunks."""
         parsed, fields = tool_call_message_fields(outcome.text)
-        content: list[Any] = (
-            [{"type": "text", "text": parsed.text, "index": TEXT_BLOCK_INDEX}] if parsed.text else []
-        )
         yield ChatGenerationChunk(
             message=AIMessageChunk(
-                content=content,
+                content=self._tool_turn_text(parsed.text),
                 tool_call_chunks=tool_call_chunks(parsed),
                 invalid_tool_calls=fields["invalid_tool_calls"],
             )
         )
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=[],
-                usage_metadata=self._usage(outcome),
-                response_metadata=self._metadata(outcome),
-                chunk_position="last",
-            )
-        )
+        yield self._last_chunk(outcome)
 
     # -- teacher-forced ---------------------------------------------------------------------
     def attribute_message(
@@ -666,15 +658,7 @@ class ChatOmniTrace(BaseChatModel):
         if request.system:
             cfg = cfg.model_copy(update={"system_prompt": f"{cfg.system_prompt}\n{request.system}"})
         answer = tracer.attribute(request.sources, request.question, response, config=cfg)
-        outcome = Outcome(
-            text=answer.text,
-            answer=answer,
-            prompt_tokens=answer.prompt_tokens,
-            generated_tokens=answer.generated_tokens,
-            finish_reason=answer.finish_reason or "stop",
-            model=answer.model,
-        )
-        return self._message(outcome)
+        return self._message(Outcome.from_answer(answer))
 
     # -- custom events ----------------------------------------------------------------------
     # LangChain's ``stream`` / ``astream`` call ``_stream`` / ``_astream`` without a run manager,
@@ -690,14 +674,8 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        config = ensure_config(config)
-        config = {**config, "run_id": config.get("run_id") or uuid7()}
-        token = _RUN_CONFIG.set(config)
-        try:
-            yield from super().stream(input, config, stop=stop, **kwargs)
-        finally:
-            with contextlib.suppress(ValueError):  # finalised in another context
-                _RUN_CONFIG.reset(token)
+        with _own_run(config) as run_config:
+            yield from super().stream(input, run_config, stop=stop, **kwargs)
 
     async def astream(
         self,
@@ -707,15 +685,9 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
-        config = ensure_config(config)
-        config = {**config, "run_id": config.get("run_id") or uuid7()}
-        token = _RUN_CONFIG.set(config)
-        try:
-            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+        with _own_run(config) as run_config:
+            async for chunk in super().astream(input, run_config, stop=stop, **kwargs):
                 yield chunk
-        finally:
-            with contextlib.suppress(ValueError):
-                _RUN_CONFIG.reset(token)
 
     def _run_target(self) -> tuple[RunnableConfig, Any] | None:
         config = _RUN_CONFIG.get()
@@ -723,61 +695,56 @@ class ChatOmniTrace(BaseChatModel):
             return None
         return config, config["run_id"]
 
+    def _event_manager(
+        self, run_manager: Any, manager_cls: type[CallbackManager] | type[AsyncCallbackManager]
+    ) -> tuple[Any, Any] | None:
+        """The callback manager (of ``manager_cls``, sync or async) and run id a citation event
+        goes to: this call's run, else the run ``stream`` / ``astream`` fixed; None: no run of
+        this model's own (the event is dispatched to the enclosing runnable, if any)."""
+        if run_manager is not None:
+            manager = manager_cls(
+                handlers=run_manager.handlers,
+                inheritable_handlers=run_manager.inheritable_handlers,
+                parent_run_id=run_manager.parent_run_id,
+                tags=run_manager.tags,
+                metadata=run_manager.metadata,
+            )
+            return manager, run_manager.run_id
+        target = self._run_target()
+        if target is None:
+            return None
+        config, run_id = target
+        manager = manager_cls.configure(
+            config.get("callbacks"), self.callbacks, self.verbose,
+            config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+        )
+        return manager, run_id
+
     def _announce(
         self, run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
-            target = self._run_target() if run_manager is None else None
-            if run_manager is not None:
-                CallbackManager(
-                    handlers=run_manager.handlers,
-                    inheritable_handlers=run_manager.inheritable_handlers,
-                    parent_run_id=run_manager.parent_run_id,
-                    tags=run_manager.tags,
-                    metadata=run_manager.metadata,
-                ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
-            elif target is not None:
-                config, run_id = target
-                CallbackManager.configure(
-                    config.get("callbacks"), self.callbacks, self.verbose,
-                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
-                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
-            else:
+            found = self._event_manager(run_manager, CallbackManager)
+            if found is None:
                 dispatch_custom_event(CITATION_EVENT, data)
-        except RuntimeError as exc:
-            if "parent run id" not in str(exc):
-                logger.warning("citation event handler failed (answer unaffected): %r", exc)
+            else:
+                found[0].on_custom_event(CITATION_EVENT, data, run_id=found[1])
         except Exception as exc:  # a raising handler never loses the answer
-            logger.warning("citation event handler failed (answer unaffected): %r", exc)
+            _handler_failed(exc)
 
     async def _aannounce(
         self, run_manager: AsyncCallbackManagerForLLMRun | None, sentence: SentenceAttribution
     ) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
-            target = self._run_target() if run_manager is None else None
-            if run_manager is not None:
-                await AsyncCallbackManager(
-                    handlers=run_manager.handlers,
-                    inheritable_handlers=run_manager.inheritable_handlers,
-                    parent_run_id=run_manager.parent_run_id,
-                    tags=run_manager.tags,
-                    metadata=run_manager.metadata,
-                ).on_custom_event(CITATION_EVENT, data, run_id=run_manager.run_id)
-            elif target is not None:
-                config, run_id = target
-                await AsyncCallbackManager.configure(
-                    config.get("callbacks"), self.callbacks, self.verbose,
-                    config.get("tags"), self.tags, config.get("metadata"), self.metadata,
-                ).on_custom_event(CITATION_EVENT, data, run_id=run_id)
-            else:
+            found = self._event_manager(run_manager, AsyncCallbackManager)
+            if found is None:
                 await adispatch_custom_event(CITATION_EVENT, data)
-        except RuntimeError as exc:
-            if "parent run id" not in str(exc):
-                logger.warning("citation event handler failed (answer unaffected): %r", exc)
+            else:
+                await found[0].on_custom_event(CITATION_EVENT, data, run_id=found[1])
         except Exception as exc:
-            logger.warning("citation event handler failed (answer unaffected): %r", exc)
+            _handler_failed(exc)
 
     # -- chunks -----------------------------------------------------------------------------
     @staticmethod
@@ -799,7 +766,11 @@ class ChatOmniTrace(BaseChatModel):
     def _final_chunks(self, outcome: Outcome, emitted_text: bool) -> Iterator[ChatGenerationChunk]:
         if not emitted_text:  # keep one text block even for an empty answer (as invoke does)
             yield self._delta_chunk("")
-        yield ChatGenerationChunk(
+        yield self._last_chunk(outcome)
+
+    def _last_chunk(self, outcome: Outcome) -> ChatGenerationChunk:
+        """The closing chunk of a stream: usage and metadata, no content."""
+        return ChatGenerationChunk(
             message=AIMessageChunk(
                 content=[],
                 usage_metadata=self._usage(outcome),
@@ -807,6 +778,32 @@ class ChatOmniTrace(BaseChatModel):
                 chunk_position="last",
             )
         )
+
+    def _event_chunks(
+        self, kind: str, value: Any, tool_turn: bool, emitted_text: bool
+    ) -> tuple[list[ChatGenerationChunk], bool]:
+        """The chunks one engine event becomes, and whether answer text has been sent.
+
+        Shared by ``_stream`` and ``_astream`` so both stream the same chunks; they differ
+        only in how they announce a sentence (:meth:`_announce` / :meth:`_aannounce`). A
+        tool turn is sent whole at its end (its text is a call until parsed).
+        """
+        if tool_turn:
+            return (list(self._tool_turn_chunks(value)) if kind == "final" else []), emitted_text
+        if kind == "delta":
+            return [self._delta_chunk(value)], True
+        if kind == "sentence":
+            chunk = self._citation_chunk(value)
+            return ([] if chunk is None else [chunk]), emitted_text
+        if kind == "final":
+            return list(self._final_chunks(value, emitted_text)), emitted_text
+        return [], emitted_text
+
+    def _result(self, outcome: Outcome | None, tool_turn: bool) -> ChatResult:
+        """``_generate`` / ``_agenerate``'s result from the generation's final outcome."""
+        if outcome is None:
+            raise RuntimeError("the generation ended without a final result (no 'final' event)")
+        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
 
     # -- sync -------------------------------------------------------------------------------
     def _generate(
@@ -829,8 +826,7 @@ class ChatOmniTrace(BaseChatModel):
         finally:
             cancel.set()
             events.close()
-        assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
+        return self._result(outcome, tool_turn)
 
     def _stream(
         self,
@@ -845,20 +841,10 @@ class ChatOmniTrace(BaseChatModel):
         events = make()
         try:
             for kind, value in events:
-                if tool_turn:
-                    if kind == "final":
-                        yield from self._tool_turn_chunks(value)
-                    continue
-                if kind == "delta":
-                    emitted = True
-                    yield self._delta_chunk(value)
-                elif kind == "sentence":
-                    chunk = self._citation_chunk(value)
-                    if chunk is not None:
-                        yield chunk
+                chunks, emitted = self._event_chunks(kind, value, tool_turn, emitted)
+                yield from chunks
+                if kind == "sentence" and not tool_turn:
                     self._announce(run_manager, value)
-                elif kind == "final":
-                    yield from self._final_chunks(value, emitted)
         finally:
             cancel.set()  # consumer stopped early: end decoding at the next token
             events.close()
@@ -880,8 +866,7 @@ class ChatOmniTrace(BaseChatModel):
                 await self._aannounce(run_manager, value)
             elif kind == "final":
                 outcome = value
-        assert outcome is not None
-        return ChatResult(generations=[ChatGeneration(message=self._message(outcome, tool_turn))])
+        return self._result(outcome, tool_turn)
 
     async def _astream(
         self,
@@ -897,25 +882,37 @@ class ChatOmniTrace(BaseChatModel):
         events = aiter_events(make, cancel)
         try:
             async for kind, value in events:
-                if tool_turn:
-                    if kind == "final":
-                        for tool_chunk in self._tool_turn_chunks(value):
-                            yield tool_chunk
-                    continue
-                if kind == "delta":
-                    emitted = True
-                    yield self._delta_chunk(value)
-                elif kind == "sentence":
-                    chunk = self._citation_chunk(value)
-                    if chunk is not None:
-                        yield chunk
+                chunks, emitted = self._event_chunks(kind, value, tool_turn, emitted)
+                for chunk in chunks:
+                    yield chunk
+                if kind == "sentence" and not tool_turn:
                     await self._aannounce(run_manager, value)
-                elif kind == "final":
-                    for final in self._final_chunks(value, emitted):
-                        yield final
         finally:
             cancel.set()
             await events.aclose()
+
+
+@contextlib.contextmanager
+def _own_run(config: RunnableConfig | None) -> Iterator[RunnableConfig]:
+    """``config`` with this call's run id fixed (the caller's, else a new one), left in
+    :data:`_RUN_CONFIG` while the stream runs so a citation event finds its run."""
+    config = ensure_config(config)
+    config = {**config, "run_id": config.get("run_id") or uuid7()}
+    token = _RUN_CONFIG.set(config)
+    try:
+        yield config
+    finally:
+        with contextlib.suppress(ValueError):  # finalised in another context
+            _RUN_CONFIG.reset(token)
+
+
+def _handler_failed(exc: Exception) -> None:
+    """Log a citation event that could not be delivered; the answer is unaffected. Outside any
+    run (a bare model with no run id) the dispatch refuses with a ``parent run id`` error:
+    there is no one to tell, so that one is silent."""
+    if isinstance(exc, RuntimeError) and "parent run id" in str(exc):
+        return
+    logger.warning("citation event handler failed (answer unaffected): %r", exc)
 
 
 def _is_remote(tracer: Any) -> bool:

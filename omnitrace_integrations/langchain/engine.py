@@ -82,7 +82,18 @@ class Outcome:
     finish_reason: str
     model: str
 
-
+    @classmethod
+    def from_answer(cls, answer: TracedAnswer, *, traced: bool = True) -> Outcome:
+        """The outcome of a core result; ``traced=False`` (an answer without sources) keeps
+        its text and usage but not the result itself, so the message carries no citations."""
+        return cls(
+            text=answer.text,
+            answer=answer if traced else None,
+            prompt_tokens=answer.prompt_tokens,
+            generated_tokens=answer.generated_tokens,
+            finish_reason=answer.finish_reason or "stop",
+            model=answer.model,
+        )
 
 
 def traced_events(
@@ -99,18 +110,7 @@ def traced_events(
         elif isinstance(event, SentenceEvent):
             yield ("sentence", event.sentence)
         elif isinstance(event, FinalEvent):
-            a = event.answer
-            yield (
-                "final",
-                Outcome(
-                    text=a.text,
-                    answer=a,
-                    prompt_tokens=a.prompt_tokens,
-                    generated_tokens=a.generated_tokens,
-                    finish_reason=a.finish_reason or "stop",
-                    model=a.model,
-                ),
-            )
+            yield ("final", Outcome.from_answer(event.answer))
 
 
 def plain_events(
@@ -139,17 +139,7 @@ def plain_events(
         elif isinstance(event, FinalEvent):
             answer = event.answer
     assert answer is not None
-    yield (
-        "final",
-        Outcome(
-            answer.text,
-            None,
-            answer.prompt_tokens,
-            answer.generated_tokens,
-            answer.finish_reason or "stop",
-            answer.model,
-        ),
-    )
+    yield ("final", Outcome.from_answer(answer, traced=False))
 
 
 def remote_plain_events(tracer: Any, turns: list[dict[str, str]], gen: dict[str, Any]) -> Iterator[Event]:

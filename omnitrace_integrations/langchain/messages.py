@@ -36,13 +36,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from omnitrace_core import InvalidInputError, TextSource
+from omnitrace_core.media.data_url import decode_base64, decode_data_url
 from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
 from omnitrace_core.tools import tool_source_id as core_tool_source_id
@@ -241,43 +242,12 @@ def _media_block_id(block: dict[str, Any], modality: str, counter: int) -> tuple
     return _block_id(block, str(block["type"]), counter), None
 
 
-def _decode_base64_bytes(data: Any, what: str) -> bytes:
-    """Strict base64 (whitespace and line breaks allowed) to bytes; errors name the block."""
-    if isinstance(data, bytes):
-        data = data.decode("ascii", errors="replace")
-    if not isinstance(data, str):
-        raise InvalidInputError(f"{what}: base64 data must be a string, got {type(data).__name__}")
-    compact = "".join(data.split())
-    if not compact:
-        raise InvalidInputError(f"{what}: base64 data is empty")
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInputError(f"{what}: base64 data is not valid base64 ({exc})") from exc
-
-
-def _decode_data_url(url: str, what: str) -> tuple[bytes, str | None]:
-    """The bytes and MIME type of a ``data:[<mime>][;base64],<payload>`` URL."""
-    header, sep, payload = url[len("data:") :].partition(",")
-    if not sep:
-        raise InvalidInputError(f"{what}: malformed data: URL (no ',' before the data)")
-    params = header.split(";")
-    mime = params[0].strip() or None
-    if "base64" in (p.strip() for p in params[1:]):
-        data = _decode_base64_bytes(unquote(payload), what)
-    else:
-        data = unquote_to_bytes(payload)
-    if not data:
-        raise InvalidInputError(f"{what}: the data: URL holds no data")
-    return data, mime
-
-
 def _url_content(
     url: str, kind: str, sid: str, what: str, policy: LocalMediaPolicy
 ) -> tuple[bytes | None, str | None, str | None]:
     """``(data, path, mime)`` for a block's ``url``: data: URLs, file:// URLs and local paths."""
     if url.startswith("data:"):
-        data, mime = _decode_data_url(url, what)
+        data, mime = decode_data_url(url, what)
         return data, None, mime
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
@@ -354,10 +324,10 @@ def _media_block_to_source(
     if fields.get("base64") is not None:
         b64 = fields["base64"]
         if isinstance(b64, str) and b64.startswith("data:"):
-            data, url_mime = _decode_data_url(b64, what)
+            data, url_mime = decode_data_url(b64, what)
             mime = mime or url_mime
         else:
-            data = _decode_base64_bytes(b64, what)
+            data = decode_base64(b64, what)
     elif fields.get("path") is not None:
         if not isinstance(fields["path"], str) or not fields["path"].strip():
             raise InvalidInputError(f"{what}: path must be a non-empty string")

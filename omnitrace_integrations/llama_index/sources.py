@@ -17,15 +17,13 @@ Duplicate ids are merged when identical and refused otherwise.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import mimetypes
 from collections.abc import Sequence
 from io import IOBase
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import unquote, unquote_to_bytes, urlparse
+from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from llama_index.core.base.llms.types import (
@@ -43,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omnitrace_core import InvalidInputError, TextSource
 from omnitrace_core.errors import MediaAccessError, MediaError
+from omnitrace_core.media.data_url import decode_base64, decode_data_url
 from omnitrace_core.media.paths import NO_LOCAL_FILES, LocalMediaPolicy
 from omnitrace_core.sources import MediaModality, MediaSource, Source
 from omnitrace_core.tools import tool_source_id
@@ -136,33 +135,6 @@ def _non_text_kind(node: BaseNode) -> str:
     return "non-text"
 
 
-def _decode_base64(data: bytes | str, what: str) -> bytes:
-    """Strict base64 to bytes (LlamaIndex stores block and node bytes base64-encoded)."""
-    compact = b"".join(data.split()) if isinstance(data, bytes) else "".join(data.split())
-    if not compact:
-        raise InvalidInputError(f"{what}: the data is empty")
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInputError(f"{what}: the data is not valid base64 ({exc})") from exc
-
-
-def _data_url(url: str, what: str) -> tuple[bytes, str | None]:
-    """The bytes and MIME type of a ``data:[<mime>][;base64],<payload>`` URL."""
-    header, sep, payload = url[len("data:") :].partition(",")
-    if not sep:
-        raise InvalidInputError(f"{what}: malformed data: URL (no ',' before the data)")
-    params = header.split(";")
-    data = (
-        _decode_base64(unquote(payload), what)
-        if "base64" in (p.strip() for p in params[1:])
-        else unquote_to_bytes(payload)
-    )
-    if not data:
-        raise InvalidInputError(f"{what}: the data: URL holds no data")
-    return data, params[0].strip() or None
-
-
 def _existing_file(path: str | Path, what: str) -> str:
     """A trusted (application-given) local file's absolute path; ``MediaError`` if it is missing."""
     resolved = Path(path).expanduser()
@@ -187,7 +159,7 @@ def _resolve_url(
         MediaError: for a ``file://`` URL to a missing file.
     """
     if url.startswith("data:"):
-        data, mime = _data_url(url, what)
+        data, mime = decode_data_url(url, what)
         return data, None, mime
     parsed = urlparse(url)
     if parsed.scheme.lower() == "file" and parsed.netloc in ("", "localhost"):
@@ -203,7 +175,7 @@ def _read_bytes(value: bytes | str | IOBase, what: str) -> bytes:
         value.seek(0)
         raw = value.read()
         return raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-    return _decode_base64(value, what)
+    return decode_base64(value, what)
 
 
 def _mime(modality: str, mime: str | None, path: str | None, what: str) -> str | None:

@@ -43,6 +43,7 @@ from omnitrace_core import (
     UnknownNameError,
 )
 from omnitrace_core.decoding import cancel_kwargs
+from omnitrace_core.sources import encode_plain
 from omnitrace_core.tools import ParsedToolCalls, parse_tool_calls
 from omnitrace_integrations.serving.convert import (
     ApiError,
@@ -54,7 +55,6 @@ from omnitrace_integrations.serving.convert import (
     tracer_config,
 )
 from omnitrace_integrations.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from omnitrace_integrations.serving.plain import PlainFinal, plain_stream
 from omnitrace_integrations.serving.scheduler import QueueFull, QueueTimeout, Scheduler, pump
 from omnitrace_integrations.serving.schemas import (
     AttributeRequest,
@@ -332,10 +332,8 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
     def check_prompt(conv: Conversation, cfg: Any) -> int:
         if conv.sources:
             n = count_prompt_tokens(tracer.tokenizer, conv, cfg)
-        else:
-            n = sum(
-                len(tracer.tokenizer(t["content"], add_special_tokens=False)["input_ids"]) for t in conv.turns
-            )
+        else:  # each message as the model will see it: plain text, control tokens as characters
+            n = sum(len(encode_plain(tracer.tokenizer, t["content"])[0]) for t in conv.turns)
         if n > settings.max_prompt_tokens:
             raise ApiError(
                 400,
@@ -506,10 +504,10 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                 )
             if conv.sources:
                 return tracer.stream(conv.sources, conv.question, config=cfg, grammar=rules.grammar, **gen)
-            if rules.grammar is not None:
-                turns = _with_system(conv.turns, rules.instruction)
-                return tracer.chat(turns, grammar=rules.grammar, **gen)
-            return plain_stream(tracer, conv.turns, gen)
+            # Nothing to cite: the core's chat path, which encodes each message as plain text
+            # (a control token typed in a message stays characters and cannot open a turn).
+            turns = _with_system(conv.turns, rules.instruction) if rules.grammar is not None else conv.turns
+            return tracer.chat(turns, grammar=rules.grammar, **gen)
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         first, events = await start(make, request, deadline, cancel)
@@ -524,7 +522,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         try:
             final = first
             with contextlib.suppress(StopAsyncIteration):
-                while not isinstance(final, (FinalEvent, PlainFinal)):
+                while not isinstance(final, FinalEvent):
                     final = await events.__anext__()
         except BaseException as exc:
             raise map_failure(exc) from exc
@@ -536,7 +534,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
     def _completion(
         cid: str, final: Any, req: ChatCompletionRequest, conv: Conversation, tool_turn: bool
     ) -> dict[str, Any]:
-        answer = final.answer if isinstance(final, FinalEvent) else None
+        answer = final.answer
         text, prompt_n, gen_n, finish = _final_fields(final)
         metrics.tokens.labels("prompt").inc(prompt_n)
         metrics.tokens.labels("completion").inc(gen_n)
@@ -612,8 +610,8 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                         {"annotations": sentence_annotations(event.sentence)},
                         omnitrace={"sentence": sentence_record(event.sentence, req.omnitrace.include_answer)},
                     )
-                elif isinstance(event, (FinalEvent, PlainFinal)):
-                    answer = event.answer if isinstance(event, FinalEvent) else None
+                elif isinstance(event, FinalEvent):
+                    answer = event.answer
                     text, prompt_n, gen_n, finish = _final_fields(event)
                     metrics.tokens.labels("prompt").inc(prompt_n)
                     metrics.tokens.labels("completion").inc(gen_n)
@@ -719,12 +717,9 @@ def _tool_fields(calls: ParsedToolCalls, message: dict[str, Any], block: dict[st
     return "tool_calls" if calls.calls else finish
 
 
-def _final_fields(final: Any) -> tuple[str, int, int, str]:
-    if isinstance(final, FinalEvent):
-        a = final.answer
-        return a.text, a.prompt_tokens, a.generated_tokens, a.finish_reason or "stop"
-    assert isinstance(final, PlainFinal)
-    return final.text, final.prompt_tokens, final.generated_tokens, final.finish_reason
+def _final_fields(final: FinalEvent) -> tuple[str, int, int, str]:
+    a = final.answer
+    return a.text, a.prompt_tokens, a.generated_tokens, a.finish_reason or "stop"
 
 
 def _notes(conv: Conversation) -> list[str]:

@@ -8,8 +8,6 @@ context), so a LangChain or LlamaIndex client gets the same citations remotely a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,14 +22,12 @@ from omnitrace_core import (
     TracerConfig,
 )
 from omnitrace_core.decoding import check_grammar, response_format_constraint
+from omnitrace_core.media.data_url import decode_data_url as parse_data_url
 from omnitrace_core.sources import Source
 from omnitrace_core.tools import ToolSpec, resolve_choice, tool_call_grammar, tool_source_id
 from omnitrace_integrations.serving.schemas import ChatCompletionRequest, Document, Message, OmniTraceOptions
 from omnitrace_integrations.serving.settings import ServeSettings
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S
-)
 _MODALITY_BY_MIME = {"image": "image", "audio": "audio", "video": "video"}
 
 
@@ -60,7 +56,10 @@ class Conversation:
 
 
 def decode_data_url(value: str, where: str) -> tuple[bytes, str | None]:
-    """``data:<mime>;base64,<payload>`` -> (bytes, mime). Remote URLs are refused by name."""
+    """``data:<mime>;base64,<payload>`` -> (bytes, mime), read as the adapters read it
+    (:func:`omnitrace_core.media.data_url.decode_data_url`). Remote URLs are refused by name
+    (the server fetches nothing); base64 only, as in OpenAI's API; an empty payload is left to
+    the source's own check (``invalid_input``)."""
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
         raise ApiError(
             400,
@@ -69,17 +68,10 @@ def decode_data_url(value: str, where: str) -> tuple[bytes, str | None]:
             "send the file inline as a data: URL",
             param=where,
         )
-    m = _DATA_URL.match(value)
-    if m is None:
-        raise ApiError(
-            400, "invalid_data_url", f"{where}: expected a data: URL (data:<mime>;base64,...)", where
-        )
-    if not m.group("b64"):
-        raise ApiError(400, "invalid_data_url", f"{where}: only base64 data: URLs are accepted", where)
     try:
-        return base64.b64decode(m.group("data"), validate=True), m.group("mime")
-    except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "invalid_data_url", f"{where}: invalid base64 ({exc})", where) from exc
+        return parse_data_url(value, where, base64_only=True, allow_empty=True)
+    except InvalidInputError as exc:
+        raise ApiError(400, "invalid_data_url", str(exc), where) from exc
 
 
 def _media(doc_id: str, data_url: str, modality: str | None, where: str, **extra: Any) -> MediaSource:

@@ -163,7 +163,7 @@ def test_the_same_image_twice_is_kept_once_and_a_different_one_refused() -> None
         (
             ImageBlock(url="data:image/png;base64,!!!!"),
             InvalidInputError,
-            "image block 'image-1': the data is not valid base64",
+            "image block 'image-1': the base64 data is not valid base64",
         ),
         (
             ImageBlock(url="file:///no/such/dir/a.png"),
@@ -195,7 +195,7 @@ def test_a_block_whose_file_went_away_is_named(tmp_path: Path) -> None:
 def test_corrupted_block_bytes_are_named() -> None:
     block = ImageBlock(image=PNG)
     block.image = b"not base64 at all!"  # LlamaIndex would have stored base64
-    with pytest.raises(InvalidInputError, match="image block 'shot': the data is not valid base64"):
+    with pytest.raises(InvalidInputError, match="image block 'shot': the base64 data is not valid base64"):
         media_block_source(block, "shot")
 
 
@@ -231,7 +231,7 @@ def test_remote_only_nodes_are_skipped_with_a_note_not_downloaded() -> None:
 
 
 def test_node_with_invalid_base64_is_named() -> None:
-    with pytest.raises(InvalidInputError, match=r"node 'bad' \(image\): the data is not valid base64"):
+    with pytest.raises(InvalidInputError, match=r"node 'bad' \(image\): the base64 data is not valid base64"):
         node_source(ImageNode(id_="bad", image="@@@ not base64"))
 
 

@@ -42,7 +42,8 @@ class GatedTracer:
 
 
 class EndlessTracer:
-    """Streams a text delta every ``interval`` seconds until it is closed (a client disconnect)."""
+    """Streams a text delta every ``interval`` seconds until it is closed (a client disconnect);
+    ``chat`` (a request without sources) streams the same way."""
 
     def __init__(self, tracer: Any, interval: float = 0.02) -> None:
         self.inner = tracer
@@ -61,6 +62,9 @@ class EndlessTracer:
                 time.sleep(self.interval)
         finally:
             self.closed.set()
+
+    def chat(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self.stream(*args, **kwargs)
 
 
 def tiny_tracer_factory() -> Any:
