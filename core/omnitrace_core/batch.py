@@ -25,6 +25,7 @@ alone, as with any batched sampling.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ import torch
 from omnitrace_core.capture import BatchCaptureSession, capturing
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.errors import InvalidInputError
-from omnitrace_core.results import FinalEvent, TracedAnswer
+from omnitrace_core.log import get_logger
+from omnitrace_core.results import FinalEvent, StreamEvent, TracedAnswer
 from omnitrace_core.sources import PromptLayout
 from omnitrace_core.validation import check_text, invalid
+
+logger = get_logger()
 
 
 @dataclass(frozen=True)
@@ -126,13 +130,13 @@ class _RowStops:
         return done
 
 
-def _needs_one_at_a_time(signal: Any, prepared: list[Any], gen: dict[str, Any]) -> str | None:
+def _needs_one_at_a_time(signal: Any, layouts: list[PromptLayout], gen: dict[str, Any]) -> str | None:
     """Why these requests cannot share one ``model.generate`` call, or None if they can."""
     from omnitrace_core.decoding import GrammarLogitsProcessor
 
     if signal.needs_gradients:
         return "gradient signal"
-    if any(item[-1].model_inputs for item in prepared):
+    if any(layout.model_inputs for layout in layouts):
         return "extra model inputs"
     if any(isinstance(p, GrammarLogitsProcessor) for p in gen.get("logits_processor") or []):
         return "grammar"
@@ -197,7 +201,7 @@ def generate_batch(
                 raise
             results[i] = exc
 
-    if _needs_one_at_a_time(signal, prepared, gen) is not None:
+    if _needs_one_at_a_time(signal, [item[-1] for item in prepared], gen) is not None:
         for i, req, _, _ in prepared:
             alone(i, req)
         return results
@@ -224,6 +228,31 @@ def _run_chunk(
     gen: dict[str, Any],
     return_exceptions: bool,
 ) -> list[Any]:
+    layouts = [layout for _, _, _, layout in chunk]
+    decoded, decode_s = _decode_chunk(tracer, layouts, cfg, signal, gen)
+    answers: list[Any] = []
+    for (_, req, srcs, layout), (session, tokens) in zip(chunk, decoded, strict=True):
+        try:
+            answer = _replay(tracer, req, srcs, layout, session, tokens, cfg, signal, gen)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            answers.append(exc)
+            continue
+        timings = {**answer.timings, "batch_decode_s": decode_s, "batch_size": float(len(chunk))}
+        answers.append(answer.model_copy(update={"timings": timings}))
+    return answers
+
+
+def _decode_chunk(
+    tracer: Any,
+    layouts: list[PromptLayout],
+    cfg: TracerConfig,
+    signal: Any,
+    gen: dict[str, Any],
+) -> tuple[list[tuple[Any, list[int]]], float]:
+    """Decode the prompts together: per row its capture session and the tokens a lone
+    decoding of it streams, and the seconds the shared decoding took."""
     from transformers import StoppingCriteriaList, StopStringCriteria
 
     t0 = time.perf_counter()
@@ -231,13 +260,10 @@ def _run_chunk(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise InvalidInputError("batched generation needs a pad or eos token id in the tokenizer")
-    lengths = [len(layout.input_ids) for _, _, _, layout in chunk]
+    lengths = [len(layout.input_ids) for layout in layouts]
     width = max(lengths)
     ids = torch.tensor(
-        [
-            [pad] * (width - n) + list(layout.input_ids)
-            for (_, _, _, layout), n in zip(chunk, lengths, strict=True)
-        ],
+        [[pad] * (width - n) + list(layout.input_ids) for layout, n in zip(layouts, lengths, strict=True)],
         device=model.device,
     )
     mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=model.device)
@@ -250,25 +276,41 @@ def _run_chunk(
     row_stops = _RowStops(criteria, width)
     if criteria:
         batch_gen["stopping_criteria"] = StoppingCriteriaList([row_stops])
-    sessions = [tracer.capture_session(layout, cfg, signal) for _, _, _, layout in chunk]
+    sessions = [tracer.capture_session(layout, cfg, signal) for layout in layouts]
     batch = BatchCaptureSession(sessions, [width - n for n in lengths])
     with capturing(batch), torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, **{"pad_token_id": pad, **batch_gen})
-    decode_s = time.perf_counter() - t0
     eos = _stop_ids(model, gen)
-    answers: list[Any] = []
-    for b, ((_, req, srcs, layout), session) in enumerate(zip(chunk, sessions, strict=True)):
+    decoded = []
+    for b, session in enumerate(sessions):
         tokens = _row_tokens(out[b, width:].tolist(), eos, row_stops.stopped_at.get(b))
-        try:
-            answer = _replay(tracer, req, srcs, layout, session, tokens, lengths[b], cfg, signal, gen)
-        except Exception as exc:
-            if not return_exceptions:
-                raise
-            answers.append(exc)
-            continue
-        timings = {**answer.timings, "batch_decode_s": decode_s, "batch_size": float(len(chunk))}
-        answers.append(answer.model_copy(update={"timings": timings}))
-    return answers
+        # A lone decoding's last forward pass is the one that produced its last token: rows
+        # captured after this row finished (while others went on) do not exist there.
+        last = lengths[b] - 2 + len(tokens)
+        for pos in [p for p in session.rows if p > last]:
+            del session.rows[pos]
+        decoded.append((session, tokens))
+    return decoded, time.perf_counter() - t0
+
+
+def _replay_events(
+    tracer: Any,
+    req: BatchRequest,
+    srcs: list[Any],
+    layout: PromptLayout,
+    session: Any,
+    tokens: list[int],
+    cfg: TracerConfig,
+    signal: Any,
+    gen: dict[str, Any],
+) -> Iterator[StreamEvent]:
+    """One row's events from its tokens and captured rows, through the live pipeline (and the
+    tracer's observers, in the calling thread's context)."""
+    info = tracer._info("chat", srcs, req.question, layout, signal, gen)
+    events = tracer._stream_attention(
+        srcs, layout, cfg, signal, gen, False, replay=(session, _Replayed(tokens))
+    )
+    return tracer._observed(info, events)
 
 
 def _replay(
@@ -278,24 +320,156 @@ def _replay(
     layout: PromptLayout,
     session: Any,
     tokens: list[int],
-    prompt_len: int,
     cfg: TracerConfig,
     signal: Any,
     gen: dict[str, Any],
 ) -> TracedAnswer:
-    """One row's answer from its tokens and captured rows, through the live pipeline."""
-    # A lone decoding's last forward pass is the one that produced its last token: rows
-    # captured after this row finished (while others went on) do not exist there.
-    last = prompt_len - 2 + len(tokens)
-    for pos in [p for p in session.rows if p > last]:
-        del session.rows[pos]
-    info = tracer._info("chat", srcs, req.question, layout, signal, gen)
-    events = tracer._stream_attention(
-        srcs, layout, cfg, signal, gen, False, replay=(session, _Replayed(tokens))
-    )
+    """One row's answer (see :func:`_replay_events`)."""
     final: TracedAnswer | None = None
-    for event in tracer._observed(info, events):
+    for event in _replay_events(tracer, req, srcs, layout, session, tokens, cfg, signal, gen):
         if isinstance(event, FinalEvent):
             final = event.answer
     assert final is not None
     return final
+
+
+@dataclass
+class _Seat:
+    """One participant of a :class:`BatchGate`: its prepared row, then its decoded row."""
+
+    request: BatchRequest
+    srcs: list[Any]
+    layout: PromptLayout
+    cfg: TracerConfig
+    signal: Any
+    gen: dict[str, Any]
+    key: tuple[Any, ...]
+    decoded: tuple[Any, list[int]] | None = None
+    batch_size: int = 1
+    decode_s: float = 0.0
+
+
+def _gen_key(gen: dict[str, Any]) -> tuple[Any, ...]:
+    """Generation options as a comparable key (objects compare by identity through ``repr``)."""
+    return tuple(sorted((k, repr(v)) for k, v in gen.items() if k != "tokenizer"))
+
+
+class BatchGate:
+    """Lets ``expected`` concurrent callers, each in its own thread, share one decoding.
+
+    An adapter's batch call (LangChain ``batch`` / ``abatch``) runs every input in its own
+    thread with its own callbacks and context, as its per-input path does. Each calls
+    :meth:`stream` (or :meth:`leave` if it will not decode here: a tool turn, a cache hit, an
+    error before decoding). Once every expected caller has arrived the rows are decoded
+    together (rows with the same generation options, signal and capture mode share a
+    ``model.generate`` call), and each caller then replays *its own* row in its own thread:
+    its text, sentences and observer events (spans) are produced in its context, exactly as
+    :meth:`Tracer.stream` would produce them for it alone.
+
+    A row that cannot be batched (gradient signal, media model inputs, a grammar) or whose
+    shared decoding fails decodes alone with :meth:`Tracer.stream`, so a failure reaches the
+    caller that causes it and no other caller loses its answer.
+    """
+
+    def __init__(self, tracer: Any, expected: int) -> None:
+        if isinstance(expected, bool) or not isinstance(expected, int) or expected < 1:
+            raise invalid("expected", expected, "must be a positive integer")
+        self.tracer = tracer
+        self.expected = expected
+        self._arrived = 0
+        self._seats: list[_Seat] = []
+        self._done = False
+        self._cond = threading.Condition()
+
+    def leave(self) -> None:
+        """Count a caller that will not decode through this gate (the others stop waiting for it)."""
+        self._arrive(None)
+
+    def stream(
+        self,
+        sources: Any,
+        question: str,
+        *,
+        config: TracerConfig | None = None,
+        **generation_kwargs: Any,
+    ) -> Iterator[StreamEvent]:
+        """This caller's events, as :meth:`Tracer.stream` yields them for the request alone.
+
+        Raises:
+            InvalidInputError: bad sources or question (as :meth:`Tracer.stream`); the caller
+                counts as arrived, so the others do not wait for it.
+        """
+        tracer = self.tracer
+        try:
+            cfg = config or tracer.config
+            if not isinstance(cfg, TracerConfig):
+                raise invalid("config", cfg, f"must be a TracerConfig, got {type(cfg).__name__}")
+            check_text(question, "question")
+            signal = tracer.signal_for(cfg.signal)
+            gen = tracer._generation_kwargs(cfg, dict(generation_kwargs))
+            srcs, layout = tracer._layout(sources, question, cfg)
+            tracer._check_length(len(layout.input_ids), int(gen["max_new_tokens"]))
+            alone = _needs_one_at_a_time(signal, [layout], gen) is not None
+            seat = _Seat(
+                BatchRequest(sources, question), srcs, layout, cfg, signal, gen,
+                key=(signal.name, cfg.capture, _gen_key(gen)),
+            )
+        except BaseException:
+            self.leave()  # counted, so the others never wait for this caller
+            raise
+        if alone:
+            self.leave()
+            return tracer.stream(sources, question, config=cfg, **generation_kwargs)
+        self._arrive(seat)
+        with self._cond:
+            self._cond.wait_for(lambda: self._done)
+        if seat.decoded is None:  # its shared decoding failed: alone, where its own error shows
+            return tracer.stream(sources, question, config=cfg, **generation_kwargs)
+        return self._replayed(seat)
+
+    def _replayed(self, seat: _Seat) -> Iterator[StreamEvent]:
+        assert seat.decoded is not None
+        session, tokens = seat.decoded
+        s = seat
+        for event in _replay_events(
+            self.tracer, s.request, s.srcs, s.layout, session, tokens, s.cfg, s.signal, s.gen
+        ):
+            if isinstance(event, FinalEvent):
+                timings = {
+                    **event.answer.timings,
+                    "batch_decode_s": seat.decode_s,
+                    "batch_size": float(seat.batch_size),
+                }
+                event = FinalEvent(answer=event.answer.model_copy(update={"timings": timings}))
+            yield event
+
+    def _arrive(self, seat: _Seat | None) -> None:
+        with self._cond:
+            if seat is not None:
+                self._seats.append(seat)
+            self._arrived += 1
+            last = self._arrived >= self.expected
+        if not last:
+            return
+        try:
+            self._decode_all()
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _decode_all(self) -> None:
+        groups: dict[tuple[Any, ...], list[_Seat]] = {}
+        for seat in self._seats:
+            groups.setdefault(seat.key, []).append(seat)
+        for seats in groups.values():
+            first = seats[0]
+            try:
+                decoded, decode_s = _decode_chunk(
+                    self.tracer, [s.layout for s in seats], first.cfg, first.signal, first.gen
+                )
+            except Exception as exc:  # each of these decodes alone and meets its own error
+                logger.warning("batch_decode_failed", rows=len(seats), error=f"{type(exc).__name__}: {exc}")
+                continue
+            for seat, row in zip(seats, decoded, strict=True):
+                seat.decoded, seat.decode_s, seat.batch_size = row, decode_s, len(seats)

@@ -265,3 +265,58 @@ def test_predict_rows_in_batches_write_the_same_lines_in_order(tiny_tracer, sour
     assert [json.loads(x)["id"] for x in outs[1].splitlines()] == ["g1", "f1", "g2", "g3"]
     assert outs[0] == outs[1]
     assert problems[0] == problems[1] == ((4, 2), 2, True)
+
+
+def test_batch_gate_decodes_callers_together_each_in_its_own_context(tiny_tracer, sources, monkeypatch):
+    """Three threads share one decoding; each gets its lone answer and its observer events run
+    in its own context (so an adapter's per-input span parents where that input's run is)."""
+    import contextvars
+    import threading
+
+    from omnitrace_core.batch import BatchGate
+    from omnitrace_core.observers import TraceObserver
+    from omnitrace_core.results import FinalEvent
+
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+    seen: dict[str, str] = {}
+
+    class Rec(TraceObserver):
+        def on_generation_end(self, info, answer):
+            seen[info.question] = caller.get()
+
+    sizes = []
+    real = tiny_tracer.model.generate
+    monkeypatch.setattr(
+        tiny_tracer.model, "generate", lambda *a, **k: sizes.append(k["input_ids"].shape[0]) or real(*a, **k)
+    )
+    reqs = [(sources, "How tall is the lighthouse?"), (sources[:2], "When?"), (sources[1:], "Who?")]
+    gate = BatchGate(tiny_tracer, expected=4)  # the fourth caller leaves without decoding
+    answers: dict[int, object] = {}
+
+    def run(k):
+        caller.set(f"caller-{k}")
+        if k == 3:
+            gate.leave()
+            return
+        srcs, q = reqs[k]
+        for event in gate.stream(srcs, q, max_new_tokens=10, stop=["zz"]):
+            if isinstance(event, FinalEvent):
+                answers[k] = event.answer
+
+    rec = Rec()
+    tiny_tracer.add_observer(rec)
+    try:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        tiny_tracer.flush_observers()
+    finally:
+        tiny_tracer.remove_observer(rec)
+    assert sizes == [3]
+    assert seen == {q: f"caller-{k}" for k, (_, q) in enumerate(reqs)}
+    for k, (srcs, q) in enumerate(reqs):
+        alone = tiny_tracer.generate(srcs, q, max_new_tokens=10, stop=["zz"])
+        assert _comparable(answers[k]) == _comparable(alone)
+        assert answers[k].timings["batch_size"] == 3.0
