@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 
@@ -772,24 +772,71 @@ class Tracer:
             mode=cfg.capture,
         )
 
+    @overload
     def generate_batch(
         self,
         requests: Sequence[Any],
         *,
         config: TracerConfig | None = None,
         batch_size: int = 8,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
+        return_exceptions: Literal[False] = False,
         **generation_kwargs: Any,
-    ) -> list[TracedAnswer]:
+    ) -> list[TracedAnswer]: ...
+
+    @overload
+    def generate_batch(
+        self,
+        requests: Sequence[Any],
+        *,
+        config: TracerConfig | None = None,
+        batch_size: int = 8,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
+        return_exceptions: Literal[True],
+        **generation_kwargs: Any,
+    ) -> list[TracedAnswer | Exception]: ...
+
+    def generate_batch(
+        self,
+        requests: Sequence[Any],
+        *,
+        config: TracerConfig | None = None,
+        batch_size: int = 8,
+        stop: str | Sequence[str] | None = None,
+        grammar: Grammar | None = None,
+        return_exceptions: bool = False,
+        **generation_kwargs: Any,
+    ) -> list[TracedAnswer] | list[TracedAnswer | Exception]:
         """Answer several requests, decoding up to ``batch_size`` of them together.
 
         Each request is ``(sources, question)``, a mapping with ``sources`` and ``question``, or
         a :class:`~omnitrace_core.batch.BatchRequest`. Prompts are left-padded into one batch;
         every row keeps its own source layout and gets the citations it gets alone with
         :meth:`generate` (see :mod:`omnitrace_core.batch`). Answers come back in request order.
+
+        ``config``, ``stop`` and the generation kwargs apply to every request, and act per row
+        as in :meth:`generate`: a row ends at its own stop string (``finish_reason="stop"``,
+        the stop text cut) while the others decode on. Options that cannot share a decoding
+        are not refused: with a ``grammar``, a gradient signal or media model inputs every
+        request is answered by its own :meth:`generate` call (same answers, no speed-up), so a
+        caller never has to know which options batch.
+
+        Args:
+            return_exceptions: False (default): the first failing request raises, its index
+                named (``requests[2]: ...``). True: its exception takes its slot and every
+                other request still gets its answer (a failed batched decoding is redone one
+                request at a time, so only the culprit fails).
+
+        Raises:
+            InvalidInputError: ``requests`` is not a list, ``batch_size`` < 1, a bad generation
+                option, or (unless ``return_exceptions``) a bad request, named by its index.
         """
         from omnitrace_core.batch import generate_batch
 
-        return generate_batch(self, requests, config, batch_size, generation_kwargs)
+        kwargs = {**generation_kwargs, "stop": stop, "grammar": grammar}
+        return generate_batch(self, requests, config, batch_size, kwargs, return_exceptions)
 
     def _new_assembler(
         self, srcs: list[Source], layout: PromptLayout, cfg: TracerConfig

@@ -35,6 +35,7 @@ from langchain_core.runnables import (
     RunnablePassthrough,
     ensure_config,
 )
+from langchain_core.runnables.config import ContextThreadPoolExecutor, get_config_list
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -42,6 +43,7 @@ from langchain_core.utils.uuid import uuid7
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
 
 from omnitrace_core import Grammar, InvalidInputError, SentenceAttribution, Tracer, TracerConfig
+from omnitrace_core.batch import BatchGate
 from omnitrace_core.decoding import cancel_kwargs, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
 from omnitrace_core.models import DEFAULT_MODEL, LoadedModel, config_context_window, stored_config
@@ -109,6 +111,33 @@ CITATION_EVENT = "omnitrace_citation"
 
 #: The config (with its fixed ``run_id``) of the ``stream`` / ``astream`` call in progress.
 _RUN_CONFIG: ContextVar[RunnableConfig | None] = ContextVar("omnitrace_run_config", default=None)
+
+
+class _BatchTicket:
+    """One input's seat at a :class:`~omnitrace_core.batch.BatchGate` during ``batch`` /
+    ``abatch``: it either decodes through the gate or leaves it, exactly once, so the other
+    inputs never wait for an input that will not come (a tool turn, a cache hit, an error)."""
+
+    def __init__(self, gate: BatchGate, leave_early: bool = True) -> None:
+        self.gate = gate
+        self.leave_early = leave_early  # False in abatch: leaving may decode, not on the loop
+        self.counted = False
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Claim the seat; False if it was already counted."""
+        with self._lock:
+            if self.counted:
+                return False
+            self.counted = True
+            return True
+
+    def leave(self) -> None:
+        if self.take():
+            self.gate.leave()
+
+
+_BATCH_TICKET: ContextVar[_BatchTicket | None] = ContextVar("omnitrace_batch_ticket", default=None)
 
 #: Per-call kwargs that ``ChatOmniTrace`` understands (others raise, naming them).
 _GENERATION_KWARGS = frozenset(
@@ -486,10 +515,15 @@ class ChatOmniTrace(BaseChatModel):
         request = read_messages(messages, sources, self.media_policy(), require_question=False)
         tracer = self.get_tracer()
         gen = self._generation_kwargs(tracer, stop, kwargs)
+        ticket = _BATCH_TICKET.get()
+        batched_gen = dict(gen)  # a batch has no per-input cancel: every row decodes to its end
         gen.update(cancel_kwargs(cancel))
         # A tool turn: tools are bound and either a call is forced or there is no tool result
         # yet to answer from. Once results are in, ``auto`` answers from them, citing them.
         tool_turn = bool(tools) and choice != "none" and (choice != "auto" or not request.sources)
+        alone = tool_turn or grammar is not None or not request.sources
+        if ticket is not None and ticket.leave_early and alone:
+            ticket.leave()  # answered alone: the batch's other inputs need not wait for it
         if tool_turn:
             # The tracer (local, or the server behind a RemoteTracer) decodes under the
             # tool-call grammar for this choice.
@@ -516,6 +550,18 @@ class ChatOmniTrace(BaseChatModel):
             cfg = base
             if extra:
                 cfg = base.model_copy(update={"system_prompt": f"{base.system_prompt}\n{extra}"})
+
+            if ticket is not None and "grammar" not in gen and not _is_remote(tracer):
+
+                def make() -> Iterator[Event]:
+                    # batch / abatch: decode with the other inputs, replay this row here
+                    if not ticket.take():
+                        return traced_events(tracer, request.sources, request.question, cfg, gen)
+                    return traced_events(
+                        ticket.gate, request.sources, request.question, cfg, batched_gen
+                    )
+
+                return request, make, False
 
             def make() -> Iterator[Event]:
                 return traced_events(tracer, request.sources, request.question, cfg, gen)
@@ -688,6 +734,104 @@ class ChatOmniTrace(BaseChatModel):
         with _own_run(config) as run_config:
             async for chunk in super().astream(input, run_config, stop=stop, **kwargs):
                 yield chunk
+
+    # -- batch ------------------------------------------------------------------------------
+    # LangChain's default ``batch`` runs ``invoke`` per input in a thread pool: each input then
+    # decodes alone, one model call after another. Here every input still runs its own
+    # ``invoke`` (its callbacks, run id, cache lookup, context and spans are untouched), but
+    # the inputs of a group share one batched decoding through a BatchGate: each waits at the
+    # gate, the rows are decoded together, and each replays its own row (text, citations,
+    # observer events) in its own thread, so its message equals ``invoke`` on it alone.
+    def _batch_groups(self, inputs: list[Any], configs: list[RunnableConfig]) -> list[range] | None:
+        """Groups of input indices to decode together, or None for LangChain's own path
+        (one input has nothing to share; a server's RemoteTracer or another tracer-like object
+        decodes each request itself)."""
+        if len(inputs) < 2 or not isinstance(self.get_tracer(), Tracer):
+            return None
+        cap = configs[0].get("max_concurrency") or len(inputs)
+        return [range(k, min(k + cap, len(inputs))) for k in range(0, len(inputs), cap)]
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """``invoke`` on every input, decoding the inputs that have sources together.
+
+        Inputs with sources decode together through :meth:`Tracer.generate_batch`'s batched
+        decoding, ``config["max_concurrency"]`` of them at a time (default: all); each gets
+        the message ``invoke`` gives it alone (text, citation annotations, usage, metadata),
+        and its own callbacks (``on_chat_model_start`` / ``on_llm_end``, citation events) and
+        span. Inputs without sources, tool turns, structured output (a grammar) and inputs
+        whose generation options differ are answered by their own decoding, as with
+        ``invoke``. ``return_exceptions``: a failing input's exception takes its slot.
+        """
+        configs = get_config_list(config, len(inputs))
+        groups = self._batch_groups(inputs, configs)
+        if groups is None:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        tracer = self.get_tracer()
+        results: list[Any] = [None] * len(inputs)
+        for group in groups:
+            gate = BatchGate(tracer, len(group))
+
+            def run(i: int, gate: BatchGate = gate) -> Any:
+                ticket = _BatchTicket(gate)
+                token = _BATCH_TICKET.set(ticket)
+                try:
+                    return self.invoke(inputs[i], configs[i], **kwargs)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    return exc
+                finally:
+                    ticket.leave()  # never came to the gate (cache hit, early error): stop waiting
+                    _BATCH_TICKET.reset(token)
+
+            with ContextThreadPoolExecutor(max_workers=len(group)) as pool:
+                for i, out in zip(group, pool.map(run, group), strict=True):
+                    results[i] = out
+        return results
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """``ainvoke`` on every input, decoding the inputs that have sources together (as
+        :meth:`batch`; the decoding runs in worker threads, never on the event loop)."""
+        configs = get_config_list(config, len(inputs))
+        groups = await asyncio.to_thread(self._batch_groups, inputs, configs)
+        if groups is None:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        tracer = self.get_tracer()
+        results: list[Any] = [None] * len(inputs)
+        for group in groups:
+            gate = BatchGate(tracer, len(group))
+
+            async def run(i: int, gate: BatchGate = gate) -> Any:
+                ticket = _BatchTicket(gate, leave_early=False)
+                _BATCH_TICKET.set(ticket)  # this task's own context copy
+                try:
+                    return await self.ainvoke(inputs[i], configs[i], **kwargs)
+                except Exception as exc:
+                    if not return_exceptions:
+                        raise
+                    return exc
+                finally:
+                    # leave() may decode for the others: never on the event loop
+                    await asyncio.to_thread(ticket.leave)
+
+            outs = await asyncio.gather(*(run(i) for i in group))
+            for i, out in zip(group, outs, strict=True):
+                results[i] = out
+        return results
 
     def _run_target(self) -> tuple[RunnableConfig, Any] | None:
         config = _RUN_CONFIG.get()

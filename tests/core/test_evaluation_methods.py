@@ -19,7 +19,7 @@ from omnitrace_core.evaluation.methods import (
     matched_ablations,
 )
 from omnitrace_core.evaluation.metrics import score_by_task
-from omnitrace_core.evaluation.runner import EvalInputError, EvalSettings, evaluate
+from omnitrace_core.evaluation.runner import EvalInputError, EvalSettings, evaluate, group_tasks
 
 SOURCES = [
     {"id": "doc1", "modality": "text", "title": "Valbrook Works", "text": "Valbrook Works was founded in 1905 in Cedar Falls.",
@@ -193,3 +193,66 @@ def test_a_failed_generation_fails_the_row_for_every_method(tiny_tracer, monkeyp
     out = ModelWorker(tiny_tracer)({"id": "g1", "row": GENERATED, "text": None, "methods": ["omnitrace", "omnitrace-peak"]})
     assert out == {"omnitrace": {"error": "ValueError: context window exceeded"},
                    "omnitrace-peak": {"error": "generation failed: ValueError: context window exceeded"}}
+
+
+def _without_cost(prediction):
+    """A prediction without its timing, scores rounded: a batched row's attention sums its
+    floats in another order (differences ~1e-8), its sources and spans are the same."""
+
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 5)
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return value
+
+    return rounded({k: v for k, v in prediction.items() if k != "cost"})
+
+
+def test_eval_batch_size_writes_the_same_predictions(tmp_path, tiny_tracer):
+    """--batch-size decodes generated rows together; every prediction equals the one-by-one run."""
+    rows = [
+        GENERATED,
+        FORCED,
+        {**GENERATED, "id": "g2", "question": "How tall is the lighthouse?"},
+        {**GENERATED, "id": "g3", "sources": SOURCES[1:], "question": "Who kept it?", "gold_sources": ["doc2"]},
+    ]
+    data = _write(tmp_path / "data.jsonl", rows)
+    runs = {}
+    for size in (1, 3):
+        settings = EvalSettings(tracer=tiny_tracer, max_new_tokens=10, batch_size=size)
+        report = evaluate(data, tmp_path / f"b{size}", [], methods=["omnitrace-peak"], settings=settings)
+        assert all(m["failures"] == [] for m in report["methods"].values())
+        runs[size] = {
+            m: [_without_cost(p) for p in _lines(tmp_path / f"b{size}" / f"predictions-{m}.jsonl")]
+            for m in report["methods"]
+        }
+    assert runs[1] == runs[3]
+    assert [p["id"] for p in runs[3]["omnitrace"]] == ["g1", "f1", "g2", "g3"]
+    batched = {p["id"]: p for p in _lines(tmp_path / "b3" / "predictions-omnitrace.jsonl")}
+    # one group of up to 3 rows to generate: g1, g2 and g3 decode together (f1 rides along)
+    assert [batched[i]["cost"]["generation"]["batch_size"] for i in ("g1", "g2", "g3")] == [3, 3, 3]
+    assert [len(g["tasks"]) for g in group_tasks([{"id": i, "text": t} for i, t in
+                                                  [("a", None), ("b", "x"), ("c", None), ("d", None)]], 2)] == [3, 1]
+    with pytest.raises(EvalInputError, match="--batch-size"):
+        evaluate(data, tmp_path / "b0", [], methods=["omnitrace"], settings=EvalSettings(tracer=tiny_tracer, batch_size=0))
+
+
+def test_a_group_row_that_fails_fails_alone(tiny_tracer):
+    worker = ModelWorker(tiny_tracer, max_new_tokens=6, batch_size=4)
+    bad = {**GENERATED, "id": "bad", "sources": [{"id": "x"}]}
+    tasks = [
+        {"id": "g1", "row": GENERATED, "text": None, "methods": ["omnitrace", "omnitrace-peak"]},
+        {"id": "bad", "row": bad, "text": None, "methods": ["omnitrace", "omnitrace-peak"]},
+        {"id": "f1", "row": FORCED, "text": FORCED["response"], "methods": ["omnitrace-peak"]},
+    ]
+    out = worker({"id": "g1", "tasks": tasks})
+    alone = ModelWorker(tiny_tracer, max_new_tokens=6)(tasks[0])
+    assert _without_cost(out[0]["omnitrace"]["prediction"]) == _without_cost(alone["omnitrace"]["prediction"])
+    assert "requests[1]" in out[1]["omnitrace"]["error"]
+    assert out[1]["omnitrace-peak"]["error"].startswith("generation failed:")
+    assert "prediction" in out[2]["omnitrace-peak"]
+    factory = ModelWorkerFactory("smollm2-135m", 32, 1, batch_size=4)
+    assert pickle.loads(pickle.dumps(factory)).batch_size == 4

@@ -209,6 +209,14 @@ def eval_command(
     ] = DEFAULT_MAX_NEW_TOKENS,
     threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random baseline and random control")] = 0,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Decode up to N generated rows together per worker (Tracer.generate_batch); "
+            "1: one at a time",
+        ),
+    ] = 1,
 ) -> None:
     """Attribute the same responses with every method and baseline, score them per task, write a report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -226,6 +234,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         threads=threads,
         faithfulness=faithfulness,
+        batch_size=batch_size,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:

@@ -140,7 +140,8 @@ def predict_rows(
     still run. Rows whose id is in ``skip_ids`` (already written: a resumed run) are passed
     over. ``batch_size`` > 1 decodes up to that many generated rows together
     (:meth:`Tracer.generate_batch`); lines are still written in row order, and if a batch
-    fails each of its rows is answered alone so the failing row is named. Returns
+    row fails it is answered alone so its error is reported with its id (the
+    other rows keep their batched answers). Returns
     ``(written, skipped)``.
     """
     written = failures = 0
@@ -156,8 +157,14 @@ def predict_rows(
                     [(resolve_media_paths(r["sources"], base_dir), r["question"]) for r in generated],
                     batch_size=batch_size,
                     max_new_tokens=max_new_tokens,
+                    return_exceptions=True,
                 )
-                batched = {id(r): a for r, a in zip(generated, answers, strict=True)}
+                # A failed row is answered alone below, where its error is reported with its id.
+                batched = {
+                    id(r): a
+                    for r, a in zip(generated, answers, strict=True)
+                    if isinstance(a, TracedAnswer)
+                }
             except Exception:  # answered one by one below, where the failing row is named
                 batched = {}
         for at, row in pending:

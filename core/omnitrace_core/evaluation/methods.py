@@ -187,18 +187,62 @@ class ModelWorker:
 
     tracer: Tracer
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = 1
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def __call__(self, task: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        with self._lock:  # one model, one row at a time
+    def __call__(self, task: Mapping[str, Any]) -> Any:
+        """One task's results, or for a group ``{"id", "tasks": [...]}`` (see
+        :func:`group_tasks`) the list of its tasks' results, in order."""
+        with self._lock:  # one model, one row (or one group) at a time
+            if "tasks" in task:
+                return self._run_group(list(task["tasks"]))
             return self._run(task)
 
-    def _run(self, task: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def _run_group(self, tasks: list[Mapping[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+        """Generate the texts a group lacks with :meth:`Tracer.generate_batch`, then run each task.
+
+        Each task's results equal :meth:`_run` on it alone (a row's batched answer is its
+        answer alone); a row whose generation fails fails alone, the others keep theirs.
+        """
+        to_generate = [t for t in tasks if t.get("text") is None]
+        generated: dict[int, dict[str, Any]] = {}
+        if to_generate:
+            t0 = time.perf_counter()
+            try:
+                answers: list[Any] = self.tracer.generate_batch(
+                    [(t["row"]["sources"], t["row"]["question"]) for t in to_generate],
+                    batch_size=self.batch_size,
+                    max_new_tokens=self.max_new_tokens,
+                    return_exceptions=True,
+                )
+            except Exception as exc:  # a bad call, not a bad row: every row of the group fails
+                answers = [exc] * len(to_generate)
+            wall = time.perf_counter() - t0
+            for t, answer in zip(to_generate, answers, strict=True):
+                if isinstance(answer, Exception):
+                    generated[id(t)] = {"error": f"{type(answer).__name__}: {answer}"}
+                    continue
+                # The row's share of the batched decoding, plus its own replay (attribution).
+                rows = answer.timings.get("batch_size", 1.0) or 1.0
+                seconds = answer.timings.get("batch_decode_s", 0.0) / rows + answer.timings.get(
+                    "total_s", 0.0
+                )
+                if "batch_decode_s" not in answer.timings and "total_s" not in answer.timings:
+                    seconds = wall / len(to_generate)
+                generated[id(t)] = self._generated(t["row"], answer, seconds)
+        return [self._run(t, generated.get(id(t))) for t in tasks]
+
+    def _run(
+        self, task: Mapping[str, Any], generated: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """``generated``: the default method's result for this row when it was generated
+        already (in a batch); None generates it here when the task has no ``text``."""
         row, wanted = task["row"], list(task["methods"])
         text: str | None = task.get("text")
         results: dict[str, dict[str, Any]] = {}
         if text is None:
-            generated = self._generate(row)
+            if generated is None:
+                generated = self._generate(row)
             results[ATTENTION_METHOD] = generated
             if "prediction" not in generated:  # nothing to attribute: the others fail with it
                 failed = {"error": f"generation failed: {generated['error']}"}
@@ -238,8 +282,17 @@ class ModelWorker:
         def run() -> dict[str, Any]:
             t0 = time.perf_counter()
             answer = self.tracer.generate(row["sources"], row["question"], max_new_tokens=self.max_new_tokens)
-            seconds = time.perf_counter() - t0
-            generation = {"forward_passes": answer.generated_tokens, "seconds": seconds}
+            return self._generated(row, answer, time.perf_counter() - t0)
+
+        return self._guard(run)
+
+    def _generated(self, row: Row, answer: Any, seconds: float) -> dict[str, Any]:
+        """The default method's result for a generated row (``seconds``: its decoding's cost)."""
+
+        def run() -> dict[str, Any]:
+            generation: dict[str, Any] = {"forward_passes": answer.generated_tokens, "seconds": seconds}
+            if "batch_size" in answer.timings:
+                generation["batch_size"] = int(answer.timings["batch_size"])
             # Attribution rides on the decoding: no pass of its own (overhead: benchmarks/overhead.py).
             return _finish(answer.to_prediction(row["id"]), ATTENTION_METHOD, cost(generation=generation))
 
@@ -352,20 +405,25 @@ class ModelWorkerFactory:
         max_new_tokens: Decoding budget of generated rows.
         threads: torch threads per worker (None: ``OMNITRACE_THREADS`` or torch's default).
         tracer: An already loaded tracer to use instead (local engine only: it is not shipped).
+        batch_size: Generated rows decoded together (:meth:`Tracer.generate_batch`); 1: one by one.
     """
 
     model: str = DEFAULT_MODEL
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     threads: int | None = None
     tracer: Any = field(default=None, compare=False, repr=False)
+    batch_size: int = 1
 
     def __call__(self) -> ModelWorker:
         tracer = self.tracer if self.tracer is not None else load_tracer(self.model, self.threads)
-        return ModelWorker(tracer, self.max_new_tokens)
+        return ModelWorker(tracer, self.max_new_tokens, self.batch_size)
 
     def __reduce__(self) -> Any:
         if self.tracer is not None:
             raise TypeError(
                 "a ModelWorkerFactory holding a loaded tracer cannot be shipped to another process"
             )
-        return (ModelWorkerFactory, (self.model, self.max_new_tokens, self.threads))
+        return (
+            ModelWorkerFactory,
+            (self.model, self.max_new_tokens, self.threads, None, self.batch_size),
+        )

@@ -91,6 +91,8 @@ class EvalSettings:
         threads: torch threads per worker.
         faithfulness: Also measure log-prob drops (:mod:`omnitrace_core.evaluation.faithfulness_eval`).
         tracer: An already loaded tracer (local engine only; tests).
+        batch_size: Generated rows decoded together per worker (:meth:`Tracer.generate_batch`);
+            1 (default) decodes one row at a time, as before. Answers are the same either way.
     """
 
     model: str = DEFAULT_MODEL
@@ -101,6 +103,7 @@ class EvalSettings:
     threads: int | None = None
     faithfulness: bool = False
     tracer: Any = field(default=None, compare=False, repr=False)
+    batch_size: int = 1
 
 
 # ---------------------------------------------------------------- one method's prediction file
@@ -222,6 +225,25 @@ def _model_tasks(
     return tasks
 
 
+def group_tasks(tasks: Sequence[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """Consecutive model tasks in groups (one engine item each) holding up to ``batch_size``
+    rows to generate, so a worker decodes those together (:meth:`ModelWorker._run_group`).
+
+    Tasks that already have their text ride along in the group they fall in; rows keep their
+    order and each still gets its own results.
+    """
+    groups: list[list[dict[str, Any]]] = [[]]
+    to_generate = 0
+    for task in tasks:
+        if task["text"] is None:
+            if to_generate == batch_size:
+                groups.append([])
+                to_generate = 0
+            to_generate += 1
+        groups[-1].append(task)
+    return [{"id": group[0]["id"], "tasks": group} for group in groups if group]
+
+
 def run_models(
     tasks: Sequence[dict[str, Any]],
     files: Mapping[str, PredictionFile],
@@ -233,28 +255,34 @@ def run_models(
 
     if not tasks:
         return
-    factory = ModelWorkerFactory(settings.model, settings.max_new_tokens, settings.threads, settings.tracer)
-    started = time.perf_counter()
-    outcomes = map_rows(
-        tasks, factory, engine=settings.engine, workers=settings.workers, address=settings.address
+    factory = ModelWorkerFactory(
+        settings.model, settings.max_new_tokens, settings.threads, settings.tracer, settings.batch_size
     )
-    for task, outcome in zip(tasks, outcomes, strict=True):
-        wanted = list(
-            dict.fromkeys([*([ATTENTION_METHOD] if task["text"] is None else []), *task["methods"]])
-        )
-        if outcome.error is not None:
-            for m in wanted:
-                if m in files:
-                    files[m].fail(task["id"], outcome.error)
-        else:
-            for m, result in outcome.result.items():
-                if m not in files:
-                    continue
-                if "prediction" in result:
-                    files[m].add(result["prediction"])
-                else:
-                    files[m].fail(task["id"], result["error"])
-        advance()
+    started = time.perf_counter()
+    items = group_tasks(tasks, settings.batch_size) if settings.batch_size > 1 else list(tasks)
+    outcomes = map_rows(
+        items, factory, engine=settings.engine, workers=settings.workers, address=settings.address
+    )
+    for item, outcome in zip(items, outcomes, strict=True):
+        members = item.get("tasks", [item])
+        results = outcome.result if "tasks" in item else [outcome.result]
+        for k, task in enumerate(members):
+            wanted = list(
+                dict.fromkeys([*([ATTENTION_METHOD] if task["text"] is None else []), *task["methods"]])
+            )
+            if outcome.error is not None:  # the worker itself raised: the group's rows fail with it
+                for m in wanted:
+                    if m in files:
+                        files[m].fail(task["id"], outcome.error)
+            else:
+                for m, result in results[k].items():
+                    if m not in files:
+                        continue
+                    if "prediction" in result:
+                        files[m].add(result["prediction"])
+                    else:
+                        files[m].fail(task["id"], result["error"])
+            advance()
     for m in files:
         files[m].seconds = time.perf_counter() - started
 
@@ -409,6 +437,9 @@ def evaluate(
         raise EvalInputError("a loaded tracer can only be used with the local engine")
     if settings.workers < 1:
         raise EvalInputError(f"--workers must be >= 1, got {settings.workers}")
+    size = settings.batch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise EvalInputError(f"--batch-size must be an integer >= 1, got {settings.batch_size!r}")
     from omnitrace_core.evaluation.engines import ENGINES
 
     if (model_methods or settings.faithfulness) and settings.engine not in ENGINES:
