@@ -27,6 +27,7 @@ writes structure, and never so that nothing the grammar allows is left.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -202,6 +203,38 @@ def grammar_source(grammar: Grammar) -> str:
     return str(llg.LLMatcher.grammar_from_regex(grammar.text))
 
 
+_LARK_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def bind_added_tokens(lark: str, tokenizer: Any) -> str:
+    """A Lark grammar in which every string literal that is exactly one of the tokenizer's
+    added tokens (Qwen2.5's ``<tool_call>`` / ``</tool_call>``) also matches that token.
+
+    llguidance treats added tokens as special: a literal ``"<tool_call>"`` can then be written
+    only byte by byte, yet when the literal is forced llguidance's fast path proposes the
+    single added token, and consuming it fails ("token doesn't satisfy the grammar"). Each such
+    literal becomes ``("<tool_call>" | <[id]>)``, so the model may write the tag the way its
+    chat template taught it. ``%json`` lines are left alone (their strings are JSON values).
+    """
+    added = getattr(tokenizer, "get_added_vocab", None)
+    vocab: dict[str, int] = dict(added()) if callable(added) else {}
+    if not vocab:
+        return lark
+
+    def bind(match: re.Match[str]) -> str:
+        try:
+            text = json.loads(match.group())
+        except json.JSONDecodeError:
+            return match.group()
+        token = vocab.get(text) if isinstance(text, str) else None
+        return match.group() if token is None else f"({match.group()} | <[{token}]>)"
+
+    lines = [
+        line if "%json" in line else _LARK_LITERAL.sub(bind, line) for line in lark.split("\n")
+    ]
+    return "\n".join(lines)
+
+
 def check_grammar(grammar: Grammar) -> None:
     """Raise :class:`InvalidInputError` naming the problem if the grammar does not compile."""
     llg = _llguidance()
@@ -222,7 +255,10 @@ class GrammarLogitsProcessor:
         self.grammar = grammar
         self._torch = llg.torch
         lltok = _ll_tokenizer(tokenizer, vocab_size)
-        self.matcher = llg.LLMatcher(lltok, grammar_source(grammar), log_level=0)
+        compiled = grammar
+        if grammar.kind == "lark":
+            compiled = Grammar.lark(bind_added_tokens(grammar.text, tokenizer))
+        self.matcher = llg.LLMatcher(lltok, grammar_source(compiled), log_level=0)
         if self.matcher.is_error():
             raise InvalidInputError(f"the {grammar.kind} grammar is invalid: {self.matcher.get_error()}")
         self.mask = llg.torch.allocate_token_bitmask(1, vocab_size)

@@ -218,3 +218,39 @@ def test_guarded_json_string_has_no_repeated_content_ngram(tiny_tracer, sources)
     plain = "".join(e.text for e in events if isinstance(e, TextDelta))
     trigrams = content_trigrams(plain)
     assert trigrams and len(trigrams) == len(set(trigrams))
+
+
+def test_tool_tags_that_are_added_tokens_can_be_written_as_one_token():
+    """Qwen2.5 has ``<tool_call>`` as one added token: llguidance proposes it when the tag is
+    forced but refused it on consumption (found on the real qwen2.5-0.5b); the grammar now also
+    matches the token itself, and the spelled-out tag still works."""
+    from omnitrace_core.decoding import GrammarLogitsProcessor, bind_added_tokens
+    from omnitrace_core.tools import ToolSpec, tool_call_grammar
+    from tests.conftest import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.add_tokens(["<tool_call>", "</tool_call>"])
+    open_id, close_id = tok.convert_tokens_to_ids(["<tool_call>", "</tool_call>"])
+    spec = ToolSpec("f", "", {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+    grammar = tool_call_grammar([spec], "required", parallel=False)
+    bound = bind_added_tokens(grammar.text, tok)
+    assert f'("<tool_call>" | <[{open_id}]>)' in bound and f'("</tool_call>" | <[{close_id}]>)' in bound
+    assert bind_added_tokens('x: "plain"', tok) == 'x: "plain"'
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    body = ids('\n{"name":"f","arguments":{"x":1}}\n')
+    spelled = [*ids("<"), *ids("tool_call>"), *body, *ids("</"), *ids("tool_call>")]
+    assert open_id not in spelled and close_id not in spelled
+    for sequence in ([open_id, *body, close_id], spelled):
+        proc = GrammarLogitsProcessor(tok, grammar, len(tok))
+        for token in sequence:
+            assert proc.matcher.consume_token(token), proc.matcher.get_error()
+        assert proc.matcher.is_accepting()
+    # without the binding llguidance refuses the added token it would itself propose
+    import llguidance
+
+    from omnitrace_core.decoding import _ll_tokenizer, grammar_source
+
+    raw = llguidance.LLMatcher(_ll_tokenizer(tok, len(tok)), grammar_source(grammar), log_level=0)
+    assert not raw.consume_token(open_id)
