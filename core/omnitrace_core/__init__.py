@@ -40,6 +40,7 @@ from omnitrace_core.results import (
 )
 from omnitrace_core.signals import AttGrads, AttMean, RawAtt, Signal, available_signals, register_signal
 from omnitrace_core.sources import MediaSource, SourceUnit, TextSource, TimedSegment
+from omnitrace_core.structured import FieldCitation, field_citations
 from omnitrace_core.tools import ToolCall, ToolSpec
 from omnitrace_core.tracer import Tracer
 
@@ -54,6 +55,7 @@ __all__ = [
     "Citation",
     "ContextLengthError",
     "CurationConfig",
+    "FieldCitation",
     "FinalEvent",
     "GenerationConfig",
     "Grammar",
@@ -84,5 +86,6 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedModalityError",
     "available_signals",
+    "field_citations",
     "register_signal",
 ]

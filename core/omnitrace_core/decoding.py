@@ -13,13 +13,21 @@ token the grammar does not allow, so the output always parses. The engine is llg
 (``pip install omnitrace-integrations[structured]``; why this one: ``docs/agents.md``). It
 plugs in as one more logits processor: the model, the attention capture and every other
 decoding step are unchanged, so traced and untraced constrained decoding produce the same
-tokens. While a grammar is active the tracer turns off its ``no_repeat_ngram_size`` default,
-which would otherwise forbid tokens the grammar requires (JSON repeats ``", "`` and ``": "``).
+tokens.
+
+**Repetition under a grammar.** The tracer's ``no_repeat_ngram_size`` guard cannot run as is
+under a grammar: JSON repeats its own n-grams (``","``, ``":"``, a key's quotes), so a plain
+n-gram ban forbids tokens the grammar requires. Without any guard a small greedy model loops
+inside a JSON string until the token limit. :class:`StringRepeatGuard` applies the same
+n-gram rule only where the text is free: to tokens that lie wholly inside a JSON string's
+content, against n-grams of earlier string contents, never to a token that closes a string or
+writes structure, and never so that nothing the grammar allows is left.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -231,6 +239,38 @@ def grammar_source(grammar: Grammar) -> str:
     return str(llg.LLMatcher.grammar_from_regex(grammar.text))
 
 
+_LARK_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def bind_added_tokens(lark: str, tokenizer: Any) -> str:
+    """A Lark grammar in which every string literal that is exactly one of the tokenizer's
+    added tokens (Qwen2.5's ``<tool_call>`` / ``</tool_call>``) also matches that token.
+
+    llguidance treats added tokens as special: a literal ``"<tool_call>"`` can then be written
+    only byte by byte, yet when the literal is forced llguidance's fast path proposes the
+    single added token, and consuming it fails ("token doesn't satisfy the grammar"). Each such
+    literal becomes ``("<tool_call>" | <[id]>)``, so the model may write the tag the way its
+    chat template taught it. ``%json`` lines are left alone (their strings are JSON values).
+    """
+    added = getattr(tokenizer, "get_added_vocab", None)
+    vocab: dict[str, int] = dict(added()) if callable(added) else {}
+    if not vocab:
+        return lark
+
+    def bind(match: re.Match[str]) -> str:
+        try:
+            text = json.loads(match.group())
+        except json.JSONDecodeError:
+            return match.group()
+        token = vocab.get(text) if isinstance(text, str) else None
+        return match.group() if token is None else f"({match.group()} | <[{token}]>)"
+
+    lines = [
+        line if "%json" in line else _LARK_LITERAL.sub(bind, line) for line in lark.split("\n")
+    ]
+    return "\n".join(lines)
+
+
 def check_grammar(grammar: Grammar) -> None:
     """Raise :class:`InvalidInputError` naming the problem if the grammar does not compile."""
     llg = _llguidance()
@@ -251,7 +291,10 @@ class GrammarLogitsProcessor:
         self.grammar = grammar
         self._torch = llg.torch
         lltok = _ll_tokenizer(tokenizer, vocab_size)
-        self.matcher = llg.LLMatcher(lltok, grammar_source(grammar), log_level=0)
+        compiled = grammar
+        if grammar.kind == "lark":
+            compiled = Grammar.lark(bind_added_tokens(grammar.text, tokenizer))
+        self.matcher = llg.LLMatcher(lltok, grammar_source(compiled), log_level=0)
         if self.matcher.is_error():
             raise InvalidInputError(f"the {grammar.kind} grammar is invalid: {self.matcher.get_error()}")
         self.mask = llg.torch.allocate_token_bitmask(1, vocab_size)
@@ -298,6 +341,106 @@ def grammar_processor(tokenizer: Any, model: Any, grammar: Grammar) -> GrammarLo
     """
     vocab = int(model.get_output_embeddings().weight.shape[0])
     return GrammarLogitsProcessor(tokenizer, grammar, vocab)
+
+
+class _JsonLexer:
+    """Where decoded text stands in JSON: before the first ``{`` / ``[``, outside or inside a
+    string (escapes followed). Text before the JSON (e.g. ``<tool_call>``) is skipped."""
+
+    __slots__ = ("escaped", "in_string", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, text: str) -> bool:
+        """Advance over ``text``; True if it stayed wholly inside one string's content."""
+        inside = self.in_string
+        for ch in text:
+            if not self.started:
+                self.started = ch in "{["
+                inside = False
+            elif self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+                    inside = False
+            elif ch == '"':
+                self.in_string = True
+                inside = False
+        return inside and bool(text)
+
+
+class StringRepeatGuard:
+    """A transformers logits processor: no repeated n-gram inside JSON string contents.
+
+    Runs after a :class:`GrammarLogitsProcessor` (on scores it has masked). While the text is
+    inside a JSON string, a token is banned if the last ``n - 1`` content tokens of this string
+    followed by it already occurred in the content of this or an earlier string, which is
+    ``no_repeat_ngram_size`` restricted to free text. Only content tokens are ever banned (a
+    token that closes the string is not in any n-gram, so a string can always end), and a ban
+    that would leave no allowed token is skipped, so the grammar always has a way on.
+
+    Args:
+        tokenizer: The model's tokenizer (to see each token's text).
+        size: The n-gram size (``>= 2``; the tracer passes its ``no_repeat_ngram_size``).
+    """
+
+    def __init__(self, tokenizer: Any, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise InvalidInputError(f"StringRepeatGuard size={size!r}: must be a whole number >= 2")
+        self.tokenizer = tokenizer
+        self.size = size
+        self._lexer = _JsonLexer()
+        self._texts: dict[int, str] = {}
+        self._prompt_len: int | None = None
+        self._seen = 0
+        self._current: list[int] = []  # content tokens of the string being written
+        self._next: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
+        self.bans = 0  # how many steps banned something (for tests and diagnostics)
+
+    def _text(self, token: int) -> str:
+        text = self._texts.get(token)
+        if text is None:
+            text = self._texts[token] = str(self.tokenizer.decode([token]))
+        return text
+
+    def _consume(self, token: int) -> None:
+        text = self._text(token)
+        if not text:  # a special token with no text changes nothing
+            return
+        was_inside = self._lexer.in_string
+        if self._lexer.feed(text) and was_inside:
+            self._current.append(token)
+            if len(self._current) >= self.size:
+                self._next.setdefault(tuple(self._current[-self.size : -1]), set()).add(token)
+        else:  # a string ended, began, or both in this token: the next content starts afresh
+            self._current = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != 1:
+            raise InvalidInputError("the JSON repetition guard supports one sequence at a time")
+        if self._prompt_len is None:
+            self._prompt_len = int(input_ids.shape[1])
+        generated = input_ids[0, self._prompt_len :].tolist()
+        for token in generated[self._seen :]:
+            self._consume(int(token))
+        self._seen = len(generated)
+        if not self._lexer.in_string or len(self._current) < self.size - 1:
+            return scores
+        banned = self._next.get(tuple(self._current[len(self._current) - self.size + 1 :]))
+        if not banned:
+            return scores
+        ids = torch.tensor(sorted(banned), dtype=torch.long, device=scores.device)
+        guarded = scores.index_fill(-1, ids, float("-inf"))
+        if not bool(torch.isfinite(guarded).any()):
+            return scores  # the grammar allows nothing else: let it repeat rather than fail
+        self.bans += 1
+        return guarded
 
 
 class CancelCriteria:

@@ -191,7 +191,10 @@ def tool_call_grammar(tools: Sequence[ToolSpec], choice: str = "required", paral
         raise InvalidInputError("no tools to call: bind at least one tool")
     rules = [f"tool_{k}: %json {json.dumps(_call_schema(t))}" for k, t in enumerate(allowed)]
     body = " | ".join(f"tool_{k}" for k in range(len(allowed)))
-    open_, close = json.dumps(TOOL_CALL_OPEN + "\n"), json.dumps("\n" + TOOL_CALL_CLOSE)
+    # The tags are literals of their own: a tokenizer that has them as single tokens (Qwen2.5's
+    # ``<tool_call>``) may then write them either way (decoding.bind_added_tokens).
+    open_ = f'{json.dumps(TOOL_CALL_OPEN)} "\\n"'
+    close = f'"\\n" {json.dumps(TOOL_CALL_CLOSE)}'
     lines = [
         "start: calls" + (" | TEXT" if choice == "auto" else ""),
         'calls: call ("\\n" call)*' if parallel else "calls: call",

@@ -32,6 +32,7 @@ from omnitrace_core.decoding import (
     Grammar,
     GrammarLogitsProcessor,
     StopMatcher,
+    StringRepeatGuard,
     grammar_processor,
     validate_stops,
 )
@@ -459,7 +460,8 @@ class Tracer:
         arguments go to ``model.generate``. ``stop``: decoding ends at the first stop string,
         which is cut from the answer with everything after it (``finish_reason="stop"``);
         citations cover the kept text only. ``grammar``: the answer must match it
-        (:mod:`omnitrace_core.decoding`; ``no_repeat_ngram_size`` is off meanwhile).
+        (:mod:`omnitrace_core.decoding`; ``no_repeat_ngram_size`` then applies inside JSON
+        strings only: :class:`~omnitrace_core.decoding.StringRepeatGuard`).
         """
         generation_kwargs = {**generation_kwargs, "stop": stop, "grammar": grammar}
         final: TracedAnswer | None = None
@@ -727,14 +729,18 @@ class Tracer:
             gen["stop_strings"] = stops
             gen["tokenizer"] = self.tokenizer
         if grammar is not None:
-            # The tracer's repetition guard would forbid tokens the grammar requires (JSON
-            # repeats '", "'), so it is off while a grammar decides what may follow.
+            # The plain n-gram guard would forbid tokens the grammar requires (JSON repeats
+            # '","'), so under a grammar it runs only inside JSON string contents, after the
+            # grammar's mask (StringRepeatGuard); a regex grammar has no JSON strings: no guard.
+            size = int(gen.get("no_repeat_ngram_size") or 0)
             gen["no_repeat_ngram_size"] = 0
             gen.pop("repetition_penalty", None)
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList(list(gen.get("logits_processor") or []))
             processors.append(grammar_processor(self.tokenizer, self.model, grammar))
+            if size >= 2 and grammar.kind in ("json_schema", "lark"):
+                processors.append(StringRepeatGuard(self.tokenizer, size))
             gen["logits_processor"] = processors
         if not gen.get("do_sample"):
             for key in ("temperature", "top_p", "top_k"):

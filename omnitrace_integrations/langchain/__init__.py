@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         citations_by_sentence,
         cited_documents,
         cited_documents_by_sentence,
+        field_citations,
         render_cited_answer,
         traced_answer,
     )
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "cited_documents": "citations",
     "cited_documents_by_sentence": "citations",
     "citations_by_sentence": "citations",
+    "field_citations": "citations",
     "render_cited_answer": "citations",
     "traced_answer": "citations",
     "GroundingCheck": "grounding",
@@ -73,6 +75,7 @@ __all__ = [
     "citations_by_sentence",
     "cited_documents",
     "cited_documents_by_sentence",
+    "field_citations",
     "render_cited_answer",
     "traced_answer",
 ]

@@ -55,6 +55,7 @@ from omnitrace_integrations.langchain.citations import (
     answer_text_block,
     sentence_annotations,
     sentence_event_data,
+    with_field_citations,
 )
 from omnitrace_integrations.langchain.engine import (
     Event,
@@ -428,7 +429,11 @@ class ChatOmniTrace(BaseChatModel):
         ``json_schema`` (default): the reply is decoded under the schema's grammar and parsed;
         ``function_calling``: the schema is bound as a tool the model must call; ``json_mode``:
         any JSON object (``schema`` optional). With sources the JSON answer is traced like any
-        other (``include_raw=True`` keeps the raw message and its citations).
+        other (``include_raw=True`` keeps the raw message and its citations). With
+        ``json_schema`` / ``json_mode`` the raw message also gets per-field citations in
+        ``response_metadata["field_citations"]`` (each leaf field's JSON path, its value's span
+        in the JSON text and the sources its tokens drew on; read them with
+        :func:`omnitrace_integrations.langchain.field_citations`).
         """
         if kwargs:
             raise InvalidInputError(f"unsupported arguments for with_structured_output: {sorted(kwargs)}")
@@ -437,7 +442,7 @@ class ChatOmniTrace(BaseChatModel):
             if schema is None:
                 raise InvalidInputError("method='function_calling' needs a schema")
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
-            llm = self.bind_tools(
+            llm: Runnable[LanguageModelInput, Any] = self.bind_tools(
                 [schema],
                 tool_choice=tool_name,
                 parallel_tool_calls=False,
@@ -464,7 +469,7 @@ class ChatOmniTrace(BaseChatModel):
                 grammar=Grammar.json_schema(close_objects(json_schema)),
                 format_instruction=instruction,
                 ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-            )
+            ) | RunnableLambda(with_field_citations)
             parser = (
                 PydanticOutputParser(pydantic_object=schema)
                 if is_pydantic

@@ -18,7 +18,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.messages.content import Citation as LCCitation
 from langchain_core.messages.content import create_citation
 
-from omnitrace_core import Citation, SentenceAttribution, TracedAnswer
+from omnitrace_core import Citation, InvalidInputError, SentenceAttribution, TracedAnswer
+from omnitrace_core.structured import FieldCitation
+from omnitrace_core.structured import field_citations as core_field_citations
 from omnitrace_integrations.langchain.messages import _json_safe
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "citations_by_sentence",
     "cited_documents",
     "cited_documents_by_sentence",
+    "field_citations",
     "render_cited_answer",
     "sentence_annotations",
     "traced_answer",
@@ -86,6 +89,50 @@ def traced_answer(message: BaseMessage) -> TracedAnswer | None:
     """The full core result carried in ``response_metadata["omnitrace"]`` (None if absent)."""
     data = getattr(message, "response_metadata", {}).get("omnitrace")
     return TracedAnswer.model_validate(data) if isinstance(data, dict) else None
+
+
+#: ``response_metadata`` key of a structured reply's per-field citations.
+FIELD_CITATIONS_KEY = "field_citations"
+
+
+def field_citations(message: BaseMessage) -> list[FieldCitation]:
+    """Per-field citations of a structured (JSON) reply: for each leaf field of the parsed
+    object, its JSON path, its value's span in the raw JSON text and the sources the value's
+    tokens were drawn from (:func:`omnitrace_core.structured.field_citations`).
+
+    ``with_structured_output`` stores them in the raw message's
+    ``response_metadata["field_citations"]`` (see ``include_raw=True``); for any other message
+    carrying a traced JSON answer they are computed from ``response_metadata["omnitrace"]``.
+
+    Returns:
+        The field citations; empty when the reply was not attributed (no sources).
+
+    Raises:
+        InvalidInputError: the attributed reply is not one JSON value.
+    """
+    stored = getattr(message, "response_metadata", {}).get(FIELD_CITATIONS_KEY)
+    if isinstance(stored, list):
+        return [FieldCitation.model_validate(f) for f in stored]
+    answer = traced_answer(message)
+    return core_field_citations(answer) if answer is not None else []
+
+
+def with_field_citations(message: BaseMessage) -> BaseMessage:
+    """``message`` with ``response_metadata["field_citations"]`` added when it carries a traced
+    answer that is one JSON value (unchanged otherwise: no sources, or a reply the token limit
+    cut, which structured output refuses anyway)."""
+    answer = traced_answer(message)
+    if answer is None:
+        return message
+    try:
+        fields = core_field_citations(answer)
+    except InvalidInputError:
+        return message
+    metadata = {
+        **message.response_metadata,
+        FIELD_CITATIONS_KEY: [_json_safe(f.model_dump(mode="json")) for f in fields],
+    }
+    return message.model_copy(update={"response_metadata": metadata})
 
 
 def _text_blocks(message: BaseMessage) -> list[dict[str, Any]]:

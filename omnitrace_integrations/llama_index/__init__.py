@@ -30,7 +30,12 @@ if TYPE_CHECKING:
         OmniTraceAttributionEndEvent,
         OmniTraceSentenceCitedEvent,
     )
-    from omnitrace_integrations.llama_index.llm import OmniTraceLLM, traced_answer
+    from omnitrace_integrations.llama_index.llm import (
+        OmniTraceLLM,
+        OmniTraceStructuredLLM,
+        field_citations,
+        traced_answer,
+    )
     from omnitrace_integrations.llama_index.markers import MarkerPlacer
     from omnitrace_integrations.llama_index.query_engine import OmniTraceCitationQueryEngine
     from omnitrace_integrations.llama_index.sources import PreparedSources, prepare_node_sources
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "OmniTraceLLM": "llm",
     "traced_answer": "llm",
+    "field_citations": "llm",
+    "OmniTraceStructuredLLM": "llm",
     "OmniTraceSynthesizer": "synthesizer",
     "OmniTraceCitationQueryEngine": "query_engine",
     "OmniTraceSentenceCitedEvent": "events",
@@ -54,8 +61,10 @@ __all__ = [
     "OmniTraceCitationQueryEngine",
     "OmniTraceLLM",
     "OmniTraceSentenceCitedEvent",
+    "OmniTraceStructuredLLM",
     "OmniTraceSynthesizer",
     "PreparedSources",
+    "field_citations",
     "prepare_node_sources",
     "traced_answer",
 ]

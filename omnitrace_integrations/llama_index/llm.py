@@ -24,6 +24,7 @@ and reports ``additional_kwargs["omnitrace"] = None``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
@@ -51,8 +52,10 @@ from llama_index.core.instrumentation.events.llm import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.structured_llm import StructuredLLM
 from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.program.utils import create_flexible_model
+from llama_index.core.prompts import ChatPromptTemplate
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.types import PydanticProgramMode
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
@@ -70,6 +73,8 @@ from omnitrace_core import (
 )
 from omnitrace_core.decoding import Grammar, close_objects, json_instruction
 from omnitrace_core.media.paths import LocalMediaPolicy
+from omnitrace_core.structured import FieldCitation
+from omnitrace_core.structured import field_citations as core_field_citations
 from omnitrace_core.tools import ToolSpec, parse_tool_calls
 from omnitrace_integrations.llama_index.events import AttributionSpan
 from omnitrace_integrations.llama_index.labels import SourceLabels
@@ -173,14 +178,43 @@ def traced_answer(response: ChatResponse | CompletionResponse) -> TracedAnswer |
     return TracedAnswer.model_validate(data) if isinstance(data, dict) else None
 
 
-def _final_kwargs(answer: TracedAnswer, traced: bool, notes: list[str]) -> dict[str, Any]:
-    return {
+def _final_kwargs(
+    answer: TracedAnswer, traced: bool, notes: list[str], json_reply: bool = False
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "omnitrace": answer.model_dump(mode="json") if traced else None,
         "omnitrace_notes": notes,
         "finish_reason": answer.finish_reason or "stop",
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.generated_tokens,
     }
+    if traced and json_reply:
+        # A reply cut by the token limit is not one JSON value: no fields (the parse refuses it).
+        with contextlib.suppress(InvalidInputError):
+            out["field_citations"] = [f.model_dump(mode="json") for f in core_field_citations(answer)]
+    return out
+
+
+def field_citations(response: ChatResponse | CompletionResponse) -> list[FieldCitation]:
+    """Per-field citations of a structured (JSON) reply: for each leaf field, its JSON path,
+    its value's span in the raw JSON text and the sources its tokens drew on
+    (:func:`omnitrace_core.structured.field_citations`).
+
+    A JSON-schema-constrained answer with sources stores them in
+    ``additional_kwargs["field_citations"]`` (``structured_predict``'s reply and every
+    response of ``as_structured_llm(...)``); otherwise they are computed from the traced answer.
+
+    Returns:
+        The field citations; empty when the reply was not attributed (no sources).
+
+    Raises:
+        InvalidInputError: the attributed reply is not one JSON value.
+    """
+    stored = response.additional_kwargs.get("field_citations")
+    if isinstance(stored, list):
+        return [FieldCitation.model_validate(f) for f in stored]
+    answer = traced_answer(response)
+    return core_field_citations(answer) if answer is not None else []
 
 
 def structured_kwargs(output_cls: type[BaseModel]) -> dict[str, Any]:
@@ -452,6 +486,16 @@ class OmniTraceLLM(FunctionCallingLLM):
         """
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
             return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+        return self._structured_response(output_cls, prompt, llm_kwargs, prompt_args)[0]
+
+    def _structured_response(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: dict[str, Any],
+    ) -> tuple[Model, ChatResponse]:
+        """The parsed object and the reply it came from (with its citations)."""
         dispatcher.event(
             LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
         )
@@ -459,7 +503,31 @@ class OmniTraceLLM(FunctionCallingLLM):
         response = self.chat(messages, **{**(llm_kwargs or {}), **structured_kwargs(output_cls)})
         result = parse_structured(output_cls, response)
         dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
+        return result, response
+
+    async def _astructured_response(
+        self,
+        output_cls: type[Model],
+        prompt: BasePromptTemplate,
+        llm_kwargs: dict[str, Any] | None,
+        prompt_args: dict[str, Any],
+    ) -> tuple[Model, ChatResponse]:
+        """Async :meth:`_structured_response`."""
+        dispatcher.event(
+            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
+        )
+        messages = self._structured_messages(prompt, prompt_args)
+        response = await self.achat(messages, **{**(llm_kwargs or {}), **structured_kwargs(output_cls)})
+        result = parse_structured(output_cls, response)
+        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
+        return result, response
+
+    def as_structured_llm(self, output_cls: type[BaseModel], **kwargs: Any) -> StructuredLLM:
+        """A LlamaIndex ``StructuredLLM`` around this model: ``response.raw`` is the parsed
+        ``output_cls`` object (as LlamaIndex's own), and with sources the reply's citations
+        stay on the response: ``additional_kwargs["omnitrace"]`` (the traced JSON answer) and
+        ``["field_citations"]`` (per leaf field; :func:`field_citations` reads them)."""
+        return OmniTraceStructuredLLM(llm=self, output_cls=output_cls, **kwargs)
 
     @dispatcher.span
     async def astructured_predict(
@@ -472,14 +540,7 @@ class OmniTraceLLM(FunctionCallingLLM):
         """Async :meth:`structured_predict` (decoding runs in a worker thread)."""
         if self.pydantic_program_mode != PydanticProgramMode.DEFAULT:
             return await super().astructured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
-        dispatcher.event(
-            LLMStructuredPredictStartEvent(output_cls=output_cls, template=prompt, template_args=prompt_args)
-        )
-        messages = self._structured_messages(prompt, prompt_args)
-        response = await self.achat(messages, **{**(llm_kwargs or {}), **structured_kwargs(output_cls)})
-        result = parse_structured(output_cls, response)
-        dispatcher.event(LLMStructuredPredictEndEvent(output=result))
-        return result
+        return (await self._astructured_response(output_cls, prompt, llm_kwargs, prompt_args))[0]
 
     @dispatcher.span
     def stream_structured_predict(
@@ -585,10 +646,16 @@ class OmniTraceLLM(FunctionCallingLLM):
         prompt = "\n".join(x for x in (system or base.system_prompt, instruction) if x)
         if prompt != base.system_prompt:
             updates["system_prompt"] = prompt
-        return self._traced(tracer, parsed, base.model_copy(update=updates), gen)
+        json_reply = grammar is not None and grammar.kind == "json_schema"
+        return self._traced(tracer, parsed, base.model_copy(update=updates), gen, json_reply)
 
     def _traced(
-        self, tracer: Tracer, parsed: ParsedMessages, cfg: TracerConfig, gen: dict[str, Any]
+        self,
+        tracer: Tracer,
+        parsed: ParsedMessages,
+        cfg: TracerConfig,
+        gen: dict[str, Any],
+        json_reply: bool = False,
     ) -> Generator[ChatResponse, None, None]:
         prepared = parsed.prepared
         labels = SourceLabels(prepared.sources, short=self.short_source_labels)
@@ -620,7 +687,7 @@ class OmniTraceLLM(FunctionCallingLLM):
                         message=answer_message(answer),
                         delta="",
                         raw=usage_raw(answer, traced=True),
-                        additional_kwargs=_final_kwargs(answer, True, list(prepared.notes)),
+                        additional_kwargs=_final_kwargs(answer, True, list(prepared.notes), json_reply),
                     )
         except GeneratorExit:
             span.drop(None)
@@ -727,6 +794,49 @@ class OmniTraceLLM(FunctionCallingLLM):
                     )
 
         return run()
+
+
+class OmniTraceStructuredLLM(StructuredLLM):
+    """LlamaIndex's ``StructuredLLM`` over an :class:`OmniTraceLLM` that keeps the reply's
+    citations: ``raw`` is the parsed object (as in LlamaIndex), ``additional_kwargs`` holds the
+    traced JSON answer (``"omnitrace"``), its per-field citations (``"field_citations"``) and
+    usage. Streaming and a non-default ``pydantic_program_mode`` behave as LlamaIndex's own."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "omnitrace_structured_llm"
+
+    def _cited(self) -> OmniTraceLLM | None:
+        llm = self.llm
+        if isinstance(llm, OmniTraceLLM) and llm.pydantic_program_mode == PydanticProgramMode.DEFAULT:
+            return llm
+        return None
+
+    @staticmethod
+    def _response(output: BaseModel, reply: ChatResponse) -> ChatResponse:
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=output.model_dump_json()),
+            raw=output,
+            additional_kwargs=dict(reply.additional_kwargs),
+        )
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        llm = self._cited()
+        if llm is None:
+            return super().chat(messages, **kwargs)
+        prompt = ChatPromptTemplate(message_templates=messages)
+        output, reply = llm._structured_response(self.output_cls, prompt, kwargs, {})
+        return self._response(output, reply)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        llm = self._cited()
+        if llm is None:
+            return await super().achat(messages, **kwargs)
+        prompt = ChatPromptTemplate(message_templates=messages)
+        output, reply = await llm._astructured_response(self.output_cls, prompt, kwargs, {})
+        return self._response(output, reply)
 
 
 def _json_object(text: str) -> dict[str, Any]:

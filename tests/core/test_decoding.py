@@ -143,3 +143,152 @@ def test_chat_tool_choice_decodes_under_the_call_grammar(tiny_tracer):
         list(tiny_tracer.chat(turns, tools=[spec], tool_choice="shout", grammar=Grammar.regex("x")))
     with pytest.raises(InvalidInputError, match="'fly'"):
         list(tiny_tracer.chat(turns, tools=[spec], tool_choice={"type": "function", "function": {"name": "fly"}}))
+
+
+# -- the repetition guard under a grammar ------------------------------------------------------
+class _Vocab:
+    """A fake tokenizer: token id -> text."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+_PIECES = ['{"', "joke", '":"', "the", " cat", " was", '","', "x", '"}', "\\", '"', ",", "<eos>", '{"a":"', "b"]
+_ID = {p: i for i, p in enumerate(_PIECES)}
+
+
+def _guard_scores(guard, written: list[str], allowed: list[str] | None = None):
+    import torch
+
+    prompt = [_ID["<eos>"]] * 2
+    ids = torch.tensor([prompt + [_ID[p] for p in written]])
+    scores = torch.zeros(1, len(_PIECES))
+    if allowed is not None:
+        scores[:] = float("-inf")
+        scores[0, [_ID[p] for p in allowed]] = 0.0
+    guard(ids[:, : len(prompt)], scores.clone())  # the first call sees the prompt only
+    out = guard(ids, scores.clone())
+    return {p for p in _PIECES if out[0, _ID[p]] == float("-inf")}
+
+
+def test_string_repeat_guard_bans_a_repeated_ngram_inside_a_string_only():
+    from omnitrace_core.decoding import StringRepeatGuard
+
+    vocab = _Vocab(_PIECES)
+    loop = ['{"', "joke", '":"', "the", " cat", " was", "the", " cat"]
+    assert _guard_scores(StringRepeatGuard(vocab, 3), loop) == {" was"}  # "the cat was" again
+    # the same words outside a string (keys, structure) never count, and a string can close
+    assert _guard_scores(StringRepeatGuard(vocab, 3), ['{"', "joke", '":"', "joke"]) == set()
+    # a new string starts afresh: its first tokens have no (n-1)-gram yet
+    two = ['{"', "joke", '":"', "the", " cat", '","', "joke", '":"', "the"]
+    assert _guard_scores(StringRepeatGuard(vocab, 3), two) == set()
+    # ... but an n-gram of an earlier string's content is banned in a later one
+    assert _guard_scores(StringRepeatGuard(vocab, 3), [*two, " cat"]) == set()
+    earlier = ['{"', "joke", '":"', "the", " cat", " was", '","', "joke", '":"', "the", " cat"]
+    assert _guard_scores(StringRepeatGuard(vocab, 3), earlier) == {" was"}
+    # after the closing quote the text is outside any string: nothing is banned
+    assert _guard_scores(StringRepeatGuard(vocab, 3), [*loop, '"}']) == set()
+
+
+def test_string_repeat_guard_follows_escapes_and_never_leaves_nothing_allowed():
+    from omnitrace_core.decoding import StringRepeatGuard
+
+    vocab = _Vocab(_PIECES)
+    # an escaped quote does not end the string: the repeat is still inside it
+    escaped = ['{"a":"', "b", "\\", '"', "b", "\\"]
+    assert _guard_scores(StringRepeatGuard(vocab, 3), escaped) == {'"'}
+    loop = ['{"', "joke", '":"', "the", " cat", " was", "the", " cat"]
+    # the grammar allows only the banned token: the guard steps aside rather than fail
+    assert _guard_scores(StringRepeatGuard(vocab, 3), loop, allowed=[" was"]) == {
+        p for p in _PIECES if p != " was"
+    }
+    assert _guard_scores(StringRepeatGuard(vocab, 3), loop, allowed=[" was", '"}']) == {
+        p for p in _PIECES if p != '"}'
+    }
+    with pytest.raises(InvalidInputError, match="size=1"):
+        StringRepeatGuard(vocab, 1)
+
+
+def test_tracer_runs_the_guard_under_json_grammars_only(tiny_tracer):
+    from omnitrace_core import TracerConfig
+    from omnitrace_core.config import GenerationConfig
+    from omnitrace_core.decoding import GrammarLogitsProcessor, StringRepeatGuard
+
+    def processors(cfg, **kw):
+        gen = tiny_tracer._generation_kwargs(cfg, kw)
+        assert gen["no_repeat_ngram_size"] == 0 or "grammar" not in kw
+        return [type(p) for p in gen.get("logits_processor") or []]
+
+    cfg = TracerConfig()
+    schema = Grammar.json_schema({"type": "object"})
+    assert processors(cfg, grammar=schema) == [GrammarLogitsProcessor, StringRepeatGuard]
+    assert processors(cfg, grammar=Grammar.lark("start: %json {}")) == [GrammarLogitsProcessor, StringRepeatGuard]
+    assert processors(cfg, grammar=Grammar.regex("(yes|no)")) == [GrammarLogitsProcessor]
+    off = cfg.model_copy(update={"generation": GenerationConfig(no_repeat_ngram_size=0)})
+    assert processors(off, grammar=schema) == [GrammarLogitsProcessor]
+    assert processors(cfg, grammar=schema, no_repeat_ngram_size=0) == [GrammarLogitsProcessor]
+    assert processors(cfg) == []  # no grammar: transformers' own n-gram guard, unchanged
+
+
+def test_guarded_json_string_has_no_repeated_content_ngram(tiny_tracer, sources):
+    schema = {
+        "type": "object",
+        "properties": {"story": {"type": "string"}},
+        "required": ["story"],
+        "additionalProperties": False,
+    }
+    tok = tiny_tracer.tokenizer
+
+    def content_trigrams(text: str) -> list[tuple[int, ...]]:
+        assert text.startswith('{"story":"')
+        ids = tok(text[len('{"story":"') :].split('"')[0], add_special_tokens=False)["input_ids"]
+        return [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+
+    grammar = Grammar.json_schema(schema)
+    answer = tiny_tracer.generate(sources, "Tell.", max_new_tokens=60, grammar=grammar)
+    trigrams = content_trigrams(answer.text)
+    assert trigrams and len(trigrams) == len(set(trigrams))
+    # the plain (untraced) path runs the same processors
+    events = list(tiny_tracer.chat([{"role": "user", "content": "Tell."}], max_new_tokens=60, grammar=grammar))
+    plain = "".join(e.text for e in events if isinstance(e, TextDelta))
+    trigrams = content_trigrams(plain)
+    assert trigrams and len(trigrams) == len(set(trigrams))
+
+
+def test_tool_tags_that_are_added_tokens_can_be_written_as_one_token():
+    """Qwen2.5 has ``<tool_call>`` as one added token: llguidance proposes it when the tag is
+    forced but refused it on consumption (found on the real qwen2.5-0.5b); the grammar now also
+    matches the token itself, and the spelled-out tag still works."""
+    from omnitrace_core.decoding import GrammarLogitsProcessor, bind_added_tokens
+    from omnitrace_core.tools import ToolSpec, tool_call_grammar
+    from tests.conftest import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.add_tokens(["<tool_call>", "</tool_call>"])
+    open_id, close_id = tok.convert_tokens_to_ids(["<tool_call>", "</tool_call>"])
+    spec = ToolSpec("f", "", {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+    grammar = tool_call_grammar([spec], "required", parallel=False)
+    bound = bind_added_tokens(grammar.text, tok)
+    assert f'("<tool_call>" | <[{open_id}]>)' in bound and f'("</tool_call>" | <[{close_id}]>)' in bound
+    assert bind_added_tokens('x: "plain"', tok) == 'x: "plain"'
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    body = ids('\n{"name":"f","arguments":{"x":1}}\n')
+    spelled = [*ids("<"), *ids("tool_call>"), *body, *ids("</"), *ids("tool_call>")]
+    assert open_id not in spelled and close_id not in spelled
+    for sequence in ([open_id, *body, close_id], spelled):
+        proc = GrammarLogitsProcessor(tok, grammar, len(tok))
+        for token in sequence:
+            assert proc.matcher.consume_token(token), proc.matcher.get_error()
+        assert proc.matcher.is_accepting()
+    # without the binding llguidance refuses the added token it would itself propose
+    import llguidance
+
+    from omnitrace_core.decoding import _ll_tokenizer, grammar_source
+
+    raw = llguidance.LLMatcher(_ll_tokenizer(tok, len(tok)), grammar_source(grammar), log_level=0)
+    assert not raw.consume_token(open_id)

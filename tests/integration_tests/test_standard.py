@@ -83,32 +83,6 @@ class TestChatOmniTraceIntegration(ChatModelIntegrationTests):
     def test_agent_loop(self, model: Any) -> None:
         super().test_agent_loop(model)
 
-    _LOOPS_IN_A_STRING = pytest.mark.xfail(
-        reason="SmolLM2-135M (greedy) loops inside the Joke's first string ('The cat was a cat, but "
-        "it was a cat, and it was a cat, ...') until max_tokens=128; the cut reply is refused "
-        "(OutputParserException: raise max_tokens), never half-parsed. The grammar guarantees the "
-        "shape of a complete reply, not that the model completes it",
-        strict=False,
-    )
-
-    @_LOOPS_IN_A_STRING
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    def test_structured_output(self, model: Any, schema_type: str) -> None:
-        super().test_structured_output(model, schema_type)
-
-    @_LOOPS_IN_A_STRING
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
-    async def test_structured_output_async(self, model: Any, schema_type: str) -> None:
-        await super().test_structured_output_async(model, schema_type)
-
-    @_LOOPS_IN_A_STRING
-    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
-        super().test_structured_output_pydantic_2_v1(model)
-
-    @_LOOPS_IN_A_STRING
-    def test_structured_output_optional_param(self, model: Any) -> None:
-        super().test_structured_output_optional_param(model)
-
     @pytest.mark.xfail(
         reason="JSON mode allows any object: SmolLM2-135M writes back the JSON schema it was shown "
         "('{\"properties\": {\"setup\": ...') instead of a Joke, which fails validation",

@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
-from omnitrace_integrations.langchain import ChatOmniTrace
+from omnitrace_integrations.langchain import ChatOmniTrace, field_citations
 
 pytest.importorskip("llguidance", reason="tool calls are grammar-constrained (structured extra)")
 
@@ -114,6 +114,31 @@ def test_structured_output_dict_schema_and_include_raw(tiny_llm: ChatOmniTrace) 
     out = tiny_llm.with_structured_output(schema, include_raw=True).invoke("Oslo weather?")
     assert out["parsing_error"] is None and isinstance(out["raw"], AIMessage)
     assert out["parsed"]["city"] in ("Oslo", "Paris") and json.loads(out["raw"].text) == out["parsed"]
+
+
+def test_structured_output_with_sources_cites_each_field(tiny_llm: ChatOmniTrace) -> None:
+    question = HumanMessage(
+        content=[{"type": "text-plain", "text": "Oslo is sunny today.", "id": "weather"}, "Oslo weather?"]
+    )
+    out = tiny_llm.with_structured_output(Answer, include_raw=True).invoke([question])
+    raw = out["raw"]
+    assert out["parsing_error"] is None and isinstance(out["parsed"], Answer)
+    stored = raw.response_metadata["field_citations"]
+    fields = field_citations(raw)
+    assert [f.model_dump(mode="json") for f in fields] == stored
+    assert [f.path for f in fields] == ["city", "sunny"]
+    assert [f.value for f in fields] == [out["parsed"].city, out["parsed"].sunny]
+    for f in fields:  # each span is the value as written in the raw JSON text
+        assert raw.text[f.char_start : f.char_end] == f.text
+        assert set(f.source_ids) <= {"weather"} and f.grounded == bool(f.citations)
+    # the same view, computed from the traced answer when the message did not store it
+    bare = raw.model_copy(update={"response_metadata": {"omnitrace": raw.response_metadata["omnitrace"]}})
+    assert field_citations(bare) == fields
+
+
+def test_structured_output_without_sources_has_no_field_citations(tiny_llm: ChatOmniTrace) -> None:
+    raw = tiny_llm.with_structured_output(Answer, include_raw=True).invoke("Oslo weather?")["raw"]
+    assert "field_citations" not in raw.response_metadata and field_citations(raw) == []
 
 
 def test_json_mode(tiny_llm: ChatOmniTrace) -> None:

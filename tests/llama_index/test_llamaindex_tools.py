@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from omnitrace_core import TracedAnswer
 from omnitrace_integrations.llama_index import OmniTraceLLM
-from omnitrace_integrations.llama_index.llm import traced_answer
+from omnitrace_integrations.llama_index.llm import OmniTraceStructuredLLM, field_citations, traced_answer
 from omnitrace_integrations.llama_index.sources import parse_messages
 
 pytest.importorskip("llguidance", reason="tool calls and structured output are grammar-constrained")
@@ -222,6 +222,25 @@ def test_structured_predict_with_sources_is_attributed(llm: OmniTraceLLM) -> Non
     answer = traced_answer(responses[-1])
     assert answer is not None and [s.id for s in answer.sources] == ["w"]
     assert Weather.model_validate_json(answer.text) == out
+
+
+def test_as_structured_llm_keeps_per_field_citations(llm: OmniTraceLLM) -> None:
+    sllm = llm.as_structured_llm(Weather)
+    assert isinstance(sllm, OmniTraceStructuredLLM)
+    sources = [{"id": "w", "text": "Oslo is sunny today."}]
+    response = sllm.chat([ChatMessage(role=MessageRole.USER, content="Weather in Oslo?")], sources=sources)
+    assert isinstance(response.raw, Weather)  # raw stays the parsed object, as in LlamaIndex
+    answer = traced_answer(response)
+    assert answer is not None and [s.id for s in answer.sources] == ["w"]
+    fields = field_citations(response)
+    assert [f.model_dump(mode="json") for f in fields] == response.additional_kwargs["field_citations"]
+    assert [(f.path, f.value) for f in fields] == [("city", response.raw.city), ("sunny", response.raw.sunny)]
+    for f in fields:
+        assert answer.text[f.char_start : f.char_end] == f.text and set(f.source_ids) <= {"w"}
+    async_response = asyncio.run(sllm.achat([ChatMessage(role=MessageRole.USER, content="Weather in Oslo?")], sources=sources))
+    assert field_citations(async_response) == fields  # greedy: the same reply
+    plain = sllm.chat([ChatMessage(role=MessageRole.USER, content="Weather in Oslo?")])
+    assert "field_citations" not in plain.additional_kwargs and field_citations(plain) == []
 
 
 def test_structured_reply_cut_by_the_token_limit_is_refused(llm: OmniTraceLLM) -> None:
