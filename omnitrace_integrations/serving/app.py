@@ -540,6 +540,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             "busy": scheduler.busy,
             "queue_depth": scheduler.waiting,
             "queue_size": settings.queue_size,
+            "max_batch_size": settings.max_batch_size,
         }
 
     @app.get("/metrics")
@@ -569,6 +570,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                                 "max_body_bytes",
                                 "request_timeout_s",
                                 "queue_size",
+                                "max_batch_size",
                             }
                         ),
                     },
