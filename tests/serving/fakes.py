@@ -16,7 +16,8 @@ class GatedTracer:
 
     ``started`` is set when a generation begins, so a test knows the slot is taken.
     ``generate_batch`` also waits for ``batch_gate`` (open unless a test closes it) after setting
-    ``batch_started``, and records each batch's size in ``batch_sizes``.
+    ``batch_started``, and records each batch's size in ``batch_sizes`` and its call time and
+    keyword arguments in ``batch_calls``.
     """
 
     def __init__(self, tracer: Any) -> None:
@@ -27,6 +28,7 @@ class GatedTracer:
         self.batch_gate.set()
         self.batch_started = threading.Event()
         self.batch_sizes: list[int] = []
+        self.batch_calls: list[tuple[float, dict[str, Any]]] = []
         self.streams = 0
         self.running = 0
         self.max_running = 0
@@ -53,6 +55,7 @@ class GatedTracer:
         with self._lock:
             self.running += 1
             self.batch_sizes.append(len(requests))
+            self.batch_calls.append((time.monotonic(), kwargs))
             self.max_running = max(self.max_running, self.running)
         try:
             self.started.set()

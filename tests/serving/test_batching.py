@@ -70,10 +70,11 @@ def _hold_slot(url, gated):
     return t, out
 
 
-def _queue(url, bodies, results, timeout=60.0):
-    """Send ``bodies`` one after the other, each once the previous one is queued."""
+def _queue(url, bodies, results, timeout=60.0, start=0):
+    """Send ``bodies`` one after the other, each once the previous one is queued (``start``:
+    requests already queued; results are keyed from there)."""
     threads = []
-    for k, body in enumerate(bodies):
+    for k, body in enumerate(bodies, start):
 
         def post(k=k, body=body):
             try:
@@ -261,3 +262,28 @@ def test_max_batch_size_is_a_validated_setting():
         ServeSettings(max_batch_size=0)
     with pytest.raises(ValidationError, match="batch_wait_ms"):
         ServeSettings(batch_wait_ms=-1)
+
+
+def test_a_batch_decodes_until_its_oldest_requests_deadline(tiny_tracer, serve_app):
+    """The batch's ``max_time`` is the time left to its earliest deadline (the oldest request's),
+    not a later one; ``test_app`` shows a decoding stopped by ``max_time`` returning what it has."""
+    gated = GatedTracer(tiny_tracer)
+    timeout = 30.0
+    url = serve_app(gated, queue_size=8, max_batch_size=8, request_timeout_s=timeout)
+    holder, _ = _hold_slot(url, gated)
+    results: dict[int, httpx.Response] = {}
+    sent = time.monotonic()
+    threads = _queue(url, [_body(0)], results)
+    time.sleep(1.0)
+    sent_late = time.monotonic()
+    threads += _queue(url, [_body(1)], results, start=1)
+    gated.gate.set()
+    for t in [holder, *threads]:
+        t.join(60)
+    assert gated.batch_sizes == [2]
+    ((called, kwargs),) = gated.batch_calls
+    oldest_left = sent + timeout - called  # the server's clock starts a little after ``sent``
+    assert oldest_left - 0.05 <= kwargs["max_time"] <= oldest_left + 0.5
+    assert kwargs["max_time"] < sent_late + timeout - called - 0.5
+    for k in range(2):
+        _assert_alone(results[k].json(), _alone(tiny_tracer, k))
