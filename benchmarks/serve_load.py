@@ -16,7 +16,7 @@ Reports requests/s, p50 / p95 / max latency of successful requests (and time to 
 for streamed ones), completion tokens/s, the 429 rate, errors and mismatches; saves JSON.
 
 usage: python benchmarks/serve_load.py [--model smollm2-135m] [--clients 8] [--seconds 30]
-       [--max-tokens 24] [--queue-size 16] [--stream-fraction 0.5] [--ray --replicas 2]
+       [--max-tokens 24] [--queue-size 16] [--max-batch-size 8] [--stream-fraction 0.5] [--ray --replicas 2]
        [--url http://host:8000 --api-key KEY] [--out benchmarks/results/serve_load.json]
 """
 
@@ -183,7 +183,13 @@ async def _load(url: str, headers: dict[str, str], args: argparse.Namespace) -> 
             ln
             for ln in metrics_text.splitlines()
             if ln.startswith(
-                ("omnitrace_requests_total", "omnitrace_rejected_total", "omnitrace_cancelled_total")
+                (
+                    "omnitrace_requests_total",
+                    "omnitrace_rejected_total",
+                    "omnitrace_cancelled_total",
+                    "omnitrace_batch_size_count",
+                    "omnitrace_batch_size_sum",
+                )
             )
         ],
     }
@@ -230,6 +236,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--queue-size", type=int, default=16, help="Server queue (when started here)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="Server: most queued requests decoded together (1: one at a time; when started here)",
+    )
     p.add_argument("--stream-fraction", type=float, default=0.5)
     p.add_argument(
         "--no-backoff", action="store_true", help="Retry a 429 at once instead of after Retry-After"
@@ -249,6 +261,7 @@ def main() -> None:
     settings = ServeSettings(
         model=args.model,
         queue_size=args.queue_size,
+        max_batch_size=args.max_batch_size,
         max_tokens=max(args.max_tokens, 512),
         request_timeout_s=args.request_timeout,
     )
@@ -301,6 +314,7 @@ def main() -> None:
         "seconds": args.seconds,
         "max_tokens": args.max_tokens,
         "queue_size": args.queue_size if not args.url else None,
+        "max_batch_size": args.max_batch_size if not args.url else None,
         "stream_fraction": args.stream_fraction,
         "backoff": not args.no_backoff,
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},

@@ -8,8 +8,10 @@
 - ``POST /v1/attribute``: attribute a given response (teacher-forced).
 - ``GET /v1/models``, ``GET /health`` (no auth), ``GET /metrics`` (Prometheus text).
 
-One generation runs at a time (:mod:`.scheduler`); every refusal is a JSON error in OpenAI's
-shape whose ``code`` names the limit or the problem (``docs/serving.md`` lists them).
+One generation runs at a time (:mod:`.scheduler`), or one batched generation of several queued
+requests that ``Tracer.generate_batch`` can take together (``max_batch_size``); every refusal
+is a JSON error in OpenAI's shape whose ``code`` names the limit or the problem
+(``docs/serving.md`` lists them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +41,7 @@ from omnitrace_core import (
     OmniTraceError,
     SentenceEvent,
     TextDelta,
+    TextSource,
     TracedAnswer,
     UnknownNameError,
 )
@@ -55,7 +58,14 @@ from omnitrace_integrations.serving.convert import (
     tracer_config,
 )
 from omnitrace_integrations.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from omnitrace_integrations.serving.scheduler import QueueFull, QueueTimeout, Scheduler, pump
+from omnitrace_integrations.serving.scheduler import (
+    Batch,
+    BatchJob,
+    QueueFull,
+    QueueTimeout,
+    Scheduler,
+    pump,
+)
 from omnitrace_integrations.serving.schemas import (
     AttributeRequest,
     ChatCompletionRequest,
@@ -343,9 +353,9 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             )
         return n
 
-    async def take_slot(deadline: float) -> None:
+    async def take_slot(deadline: float, job: BatchJob | None = None) -> bool:
         try:
-            await scheduler.acquire(deadline)
+            return await scheduler.acquire(deadline, job)
         except QueueFull as exc:
             raise ApiError(
                 429,
@@ -371,14 +381,11 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             return ApiError(400, type(exc).__name__, str(exc))
         return ApiError(500, "internal_error", f"generation failed: {type(exc).__name__}: {exc}")
 
-    async def start(
-        make: Callable[[], Iterator[Any]], request: Request, deadline: float, cancel: threading.Event
-    ) -> tuple[Any, AsyncGenerator[Any, None]]:
-        """Take the slot, start the worker, return its first event and the rest.
-
-        A client that disconnects while its request waits in the queue leaves the queue.
-        """
-        acquire = asyncio.ensure_future(take_slot(deadline))
+    async def queue_for_model(request: Request, deadline: float, job: BatchJob | None = None) -> bool:
+        """Wait for the slot (see :meth:`Scheduler.acquire`: True = the slot is ours, False =
+        ``job`` joined another request's batch). A client that disconnects while its request
+        waits leaves the queue (499)."""
+        acquire = asyncio.ensure_future(take_slot(deadline, job))
         gone = asyncio.ensure_future(wait_gone(request))
         try:
             await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -391,7 +398,20 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         if acquire.cancelled():
             metrics.cancelled.inc()
             raise ApiError(499, "client_closed", "the client closed the connection while its request waited")
-        acquire.result()  # 429 / 408 as ApiError
+        return acquire.result()  # 429 / 408 as ApiError
+
+    async def start(
+        make: Callable[[], Iterator[Any]],
+        request: Request,
+        deadline: float,
+        cancel: threading.Event,
+        holding: bool = False,
+    ) -> tuple[Any, AsyncGenerator[Any, None]]:
+        """Take the slot (unless ``holding`` it already), start the worker, return its first
+        event and the rest. The worker releases the slot when it has finished."""
+        if not holding:
+            await queue_for_model(request, deadline)
+        metrics.batch_size.observe(1)
         events = pump(make, cancel, scheduler.release, _otel_context(request))
         try:
             first = await events.__anext__()
@@ -400,6 +420,101 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
         except BaseException as exc:
             raise map_failure(exc) from exc
         return first, events
+
+    def batch_key(
+        request: Request,
+        req: ChatCompletionRequest,
+        conv: Conversation,
+        batchable_path: bool,
+        cfg: Any,
+        gen: dict[str, Any],
+    ) -> Hashable | None:
+        """What a request shares with the requests it may be decoded with, or None when it
+        runs alone.
+
+        ``generate_batch`` takes one config and one set of generation options for the whole
+        batch, returns finished answers (no stream) and decodes greedily the rows it gives the
+        answers alone would have; so only non-streaming, greedy requests with text sources on
+        the plain cited path (no tool turn, response_format grammar or stop strings) batch,
+        keyed by config and options. Media sources and gradient signals would be run one by one
+        inside ``generate_batch`` anyway, and a request carrying a W3C trace context runs alone
+        so its spans join the caller's trace (a batch runs all its rows in one context).
+        """
+        if settings.max_batch_size < 2 or req.stream or not batchable_path:
+            return None
+        if not conv.sources or not all(isinstance(s, TextSource) for s in conv.sources):
+            return None
+        if gen.get("do_sample") or gen.get("stop_strings") or "traceparent" in request.headers:
+            return None
+        if tracer.signal_for(cfg.signal).needs_gradients:
+            return None
+        return (cfg.model_dump_json(), tuple(sorted((k, repr(v)) for k, v in gen.items())))
+
+    def batch_work(cfg: Any, gen: dict[str, Any]) -> Callable[[Batch], list[Any]]:
+        """The worker-thread function decoding a batch (every job shares ``cfg`` and ``gen``).
+
+        The batch stops at its earliest deadline (the oldest request's, the queue being FIFO),
+        or when every client has gone. If ``generate_batch`` raises (one request over the
+        context window fails the whole batch's checks), each request is run alone, so each gets
+        its own answer or its own error and nothing is lost.
+        """
+
+        def remaining(jobs: list[BatchJob]) -> float:
+            live = [j.deadline for j in jobs if not j.gone] or [j.deadline for j in jobs]
+            return max(0.05, min(live) - time.monotonic())
+
+        def work(batch: Batch) -> list[Any]:
+            payloads = [job.payload for job in batch.jobs]
+            kwargs = {**gen, **cancel_kwargs(batch.cancel)}
+            try:
+                return list(
+                    tracer.generate_batch(
+                        payloads,
+                        config=cfg,
+                        batch_size=len(payloads),
+                        max_time=remaining(batch.jobs),
+                        **kwargs,
+                    )
+                )
+            except Exception as exc:  # answer each alone: its own answer or its own error
+                if batch.cancel.is_set():
+                    return [exc] * len(batch.jobs)
+                results: list[Any] = []
+                for job, (sources, question) in zip(batch.jobs, payloads, strict=True):
+                    if job.gone:
+                        results.append(exc)
+                        continue
+                    try:
+                        results.append(
+                            tracer.generate(
+                                sources, question, config=cfg, max_time=remaining([job]), **kwargs
+                            )
+                        )
+                    except Exception as alone:
+                        results.append(alone)
+                return results
+
+        return work
+
+    async def batch_answer(job: BatchJob, request: Request) -> TracedAnswer:
+        """``job``'s answer from its batch; a client that disconnects first leaves the batch
+        (its answer is dropped, the others' decoding goes on) and gets 499."""
+        watcher = asyncio.ensure_future(wait_gone(request))
+        try:
+            await asyncio.wait({job.answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not job.answer.done() and job.batch is not None:
+                job.batch.leave(job)
+        if not job.answer.done() or job.answer.cancelled():
+            metrics.cancelled.inc()
+            raise ApiError(499, "client_closed", "the client closed the connection while its batch decoded")
+        try:
+            answer = job.answer.result()
+        except BaseException as exc:
+            raise map_failure(exc) from exc
+        assert isinstance(answer, TracedAnswer)
+        return answer
 
     async def wait_gone(request: Request) -> None:
         while not await request.is_disconnected():
@@ -423,6 +538,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             "busy": scheduler.busy,
             "queue_depth": scheduler.waiting,
             "queue_size": settings.queue_size,
+            "max_batch_size": settings.max_batch_size,
         }
 
     @app.get("/metrics")
@@ -452,6 +568,7 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
                                 "max_body_bytes",
                                 "request_timeout_s",
                                 "queue_size",
+                                "max_batch_size",
                             }
                         ),
                     },
@@ -485,6 +602,9 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             default_max_tokens=tracer.config.generation.max_new_tokens,
         )
         check_prompt(conv, cfg)
+        cited_path = bool(conv.sources) and not tool_turn and rules.grammar is None
+        key = batch_key(request, req, conv, cited_path, cfg, gen)
+        base_gen = dict(gen)
         cancel = threading.Event()
         gen.update(cancel_kwargs(cancel))
 
@@ -510,7 +630,23 @@ def create_app(tracer: Any, settings: ServeSettings | None = None) -> FastAPI:
             return tracer.chat(turns, grammar=rules.grammar, **gen)
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        first, events = await start(make, request, deadline, cancel)
+        holding = False
+        if key is not None:
+            loop = asyncio.get_running_loop()
+            job = BatchJob(key, (conv.sources, conv.question), deadline, loop.create_future())
+            holding = await queue_for_model(request, deadline, job)
+            if holding:
+                jobs = await scheduler.gather(job, settings.max_batch_size, settings.batch_wait_ms / 1000)
+                if len(jobs) > 1:
+                    assert job.batch is not None
+                    scheduler.launch(job.batch, batch_work(cfg, base_gen))
+                    holding = False
+                else:
+                    job.batch = None  # alone after all: the ordinary path (cancellable per token)
+            if not holding:
+                answer = await batch_answer(job, request)
+                return JSONResponse(_completion(completion_id, FinalEvent(answer=answer), req, conv, False))
+        first, events = await start(make, request, deadline, cancel, holding)
         if req.stream:
             body = _sse(completion_id, first, events, req, conv, cancel, t0, tool_turn)
             return StreamingResponse(

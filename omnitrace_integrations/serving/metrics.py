@@ -7,6 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics"]
 
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
 
@@ -21,6 +22,8 @@ class ServerMetrics:
     - ``omnitrace_queue_depth``: requests waiting for the model.
     - ``omnitrace_generations_in_progress``: 0 or 1 per worker.
     - ``omnitrace_cancelled_total``: generations stopped because the client went away.
+    - ``omnitrace_batch_size``: requests per model run (histogram; 1 for a request run alone,
+      more when ``--max-batch-size`` let queued requests share one batched decoding).
     """
 
     def __init__(self) -> None:
@@ -46,6 +49,9 @@ class ServerMetrics:
         self.in_progress = Gauge("omnitrace_generations_in_progress", "Generations running", registry=r)
         self.cancelled = Counter(
             "omnitrace_cancelled", "Generations stopped by a client disconnect", registry=r
+        )
+        self.batch_size = Histogram(
+            "omnitrace_batch_size", "Requests per model run", buckets=_BATCH_BUCKETS, registry=r
         )
 
     def render(self) -> bytes:

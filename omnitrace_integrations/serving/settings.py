@@ -47,6 +47,14 @@ class ServeSettings(BaseModel):
         retry_after_s: The ``Retry-After`` seconds sent with a 429.
         body_timeout_s: Seconds a client may take between two pieces of its request body (a
             slow-loris body answers 408 ``body_timeout``).
+        max_batch_size: Most queued requests decoded together in one batched generation
+            (``Tracer.generate_batch``) when the model slot frees; 1 runs every request alone.
+            Only non-streaming, greedy requests with text sources and no tools, response_format,
+            stop strings or trace context batch, and only with requests of the same options;
+            each still gets the answer it gets alone (docs/serving.md, "Batching").
+        batch_wait_ms: Milliseconds a request that found the model idle waits for others to
+            batch with before decoding (skipped when a full batch already waits). Small: it is
+            latency added to a lone request, and under load the queue fills the batch anyway.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -64,6 +72,8 @@ class ServeSettings(BaseModel):
     queue_size: int = Field(16, ge=0)
     retry_after_s: int = Field(2, ge=1)
     body_timeout_s: float = Field(10.0, gt=0)
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _key_from_env(self) -> ServeSettings:

@@ -535,8 +535,10 @@ def test_a_client_that_leaves_while_queued_leaves_the_queue(tiny_tracer, serve_a
 
 
 def test_the_queue_is_first_in_first_out(tiny_tracer, serve_app):
+    """One at a time (max_batch_size 1): answers come back in arrival order. (With batching the
+    three queued requests would share one decoding: tests/serving/test_batching.py.)"""
     gated = GatedTracer(tiny_tracer)
-    url = serve_app(gated, queue_size=3)
+    url = serve_app(gated, queue_size=3, max_batch_size=1)
     order: list[int] = []
     lock = threading.Lock()
 

@@ -20,6 +20,8 @@ def test_serve_is_a_command():
         "--ray",
         "--replicas",
         "--workers",
+        "--max-batch-size",
+        "--batch-wait-ms",
     ):
         assert flag in result.output
 
@@ -29,6 +31,11 @@ def test_serving_on_the_network_without_a_key_is_refused(monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "needs an API key" in result.output
+
+
+def test_a_zero_batch_size_is_refused_naming_the_option():
+    result = CliRunner().invoke(app, ["serve", "--max-batch-size", "0"])
+    assert result.exit_code == 2 and "max_batch_size" in result.output
 
 
 def test_auth_on_without_a_key_is_refused(monkeypatch):

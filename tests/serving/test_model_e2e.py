@@ -204,3 +204,60 @@ def test_smollm2_response_format_json_schema_parses(server_url):
     data = json.loads(choice["message"]["content"])
     assert set(data) == {"height_metres", "is_tall"} and isinstance(data["is_tall"], bool)
     assert choice["message"]["annotations"], "the JSON answer is cited like any other"
+
+
+BATCH_QUESTIONS = [
+    QUESTION,
+    "When was the harbor of Port Veltra dredged?",
+    "When does the fish market open?",
+    "Where does the Veltra lighthouse stand?",
+]
+
+
+def test_smollm2_queued_requests_batch_and_each_equals_tracer_generate(default_tracer, serve_app):
+    """Four queued requests share one generate_batch decoding on SmolLM2; each response's text,
+    citations (scores to 1e-6: float summation order) and usage equal ``Tracer.generate`` alone."""
+    import threading
+    import time
+
+    from tests.serving.fakes import GatedTracer
+
+    gated = GatedTracer(default_tracer)
+    url = serve_app(gated, queue_size=8, max_batch_size=8)
+    body = {"messages": [{"role": "user", "content": QUESTION}], "documents": DOCS, "max_tokens": 4}
+    holder = threading.Thread(
+        target=lambda: httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=300)
+    )
+    holder.start()
+    assert gated.started.wait(60)
+    results: dict[int, httpx.Response] = {}
+    threads = []
+    for k, question in enumerate(BATCH_QUESTIONS):
+        request = {**body, "messages": [{"role": "user", "content": question}], "max_tokens": 24}
+
+        def post(k=k, request=request):
+            results[k] = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=300)
+
+        threads.append(threading.Thread(target=post))
+        threads[-1].start()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").json()["queue_depth"] != k + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    gated.gate.set()
+    for t in [holder, *threads]:
+        t.join(300)
+    assert gated.batch_sizes == [len(BATCH_QUESTIONS)]
+    cited = 0
+    for k, question in enumerate(BATCH_QUESTIONS):
+        assert results[k].status_code == 200, results[k].text
+        want = default_tracer.generate(SOURCES, question, max_new_tokens=24)
+        got = results[k].json()
+        message = got["choices"][0]["message"]
+        assert message["content"] == want.text
+        approx = [(*c[:4], pytest.approx(c[4], abs=1e-6), c[5]) for c in _cites(want)]
+        assert _ann(message["annotations"]) == approx
+        assert got["usage"]["completion_tokens"] == want.generated_tokens
+        assert got["usage"]["prompt_tokens"] == want.prompt_tokens
+        cited += bool(want.sentences and any(s.citations for s in want.sentences))
+    assert cited >= 2, "too few cited answers for the comparison to mean much"

@@ -42,6 +42,12 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(help="Seconds between two body pieces (slow clients)")
     ] = 10.0,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most queued requests decoded together (1: one at a time)")
+    ] = 8,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Milliseconds an idle server waits for requests to batch with")
+    ] = 5.0,
     threads: Annotated[int | None, typer.Option(help="torch threads per worker")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Deploy on Ray Serve (needs ray[serve])")] = False,
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas, one model each")] = 2,
@@ -73,9 +79,11 @@ def serve(
             queue_size=queue_size,
             retry_after_s=retry_after,
             body_timeout_s=body_timeout,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
         )
         settings.check_startup()
-    except ValueError as exc:
+    except ValueError as exc:  # a ValidationError is a ValueError: it names the option
         typer.echo(f"omnitrace serve: {exc}", err=True)
         raise typer.Exit(2) from exc
     if ray:
