@@ -153,7 +153,12 @@ class MappingConfig(CheckedModel):
 
 
 class GenerationConfig(CheckedModel):
-    """Decoding defaults (paper: greedy, no_repeat_ngram_size 3, 256 new tokens)."""
+    """Decoding defaults (paper: greedy, no_repeat_ngram_size 3, 256 new tokens).
+
+    ``no_repeat_ngram_size`` applies to the answer's own tokens
+    (:class:`~omnitrace_core.decoding.AnswerRepeatGuard`): transformers' guard of that name also
+    counts the prompt, which forbids copying ``n`` tokens in a row from a source.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 

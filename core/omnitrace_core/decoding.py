@@ -375,6 +375,51 @@ class _JsonLexer:
         return inside and bool(text)
 
 
+class AnswerRepeatGuard:
+    """A transformers logits processor: ``no_repeat_ngram_size`` over the answer only.
+
+    transformers' own ``no_repeat_ngram_size`` counts the prompt too, so with the paper's size
+    3 an answer may never copy three tokens in a row from a source: asked how tall a lighthouse
+    "42 metres tall" is, SmolLM2 answered "43" and "41.5 meters" and misspelled the names it
+    read. This guard keeps the paper's intent (no loops in the answer) and bans a token only if
+    it would repeat an n-gram of the *generated* tokens. Rows of a batch are kept apart; a new
+    ``generate`` call (the sequence did not grow by one token) starts afresh.
+
+    Args:
+        size: The n-gram size (``>= 1``; the tracer passes its ``no_repeat_ngram_size``).
+    """
+
+    def __init__(self, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidInputError(f"AnswerRepeatGuard size={size!r}: must be a whole number >= 1")
+        self.size = size
+        self._start = 0
+        self._last: int | None = None
+        self._next: list[dict[tuple[int, ...], set[int]]] = []
+
+    def __repr__(self) -> str:  # batching compares generation options by repr (batch._gen_key)
+        return f"AnswerRepeatGuard(size={self.size})"
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        rows, length = int(input_ids.shape[0]), int(input_ids.shape[1])
+        if self._last is None or length != self._last + 1 or len(self._next) != rows:
+            self._start, self._next = length, [{} for _ in range(rows)]
+        self._last = length
+        n = self.size
+        generated = length - self._start
+        if generated < n - 1:
+            return scores
+        tail = input_ids[:, max(self._start, length - n) :].tolist()
+        for b, toks in enumerate(tail):
+            seen = self._next[b]
+            if generated >= n:  # the newest token completes one n-gram
+                seen.setdefault(tuple(toks[:-1]), set()).add(toks[-1])
+            banned = seen.get(tuple(toks[len(toks) - n + 1 :]) if n > 1 else ())
+            if banned:
+                scores[b, sorted(banned)] = float("-inf")
+        return scores
+
+
 class StringRepeatGuard:
     """A transformers logits processor: no repeated n-gram inside JSON string contents.
 

@@ -28,6 +28,7 @@ from omnitrace_core.capture import CaptureSession, capturing, install
 from omnitrace_core.chunking import Chunker
 from omnitrace_core.config import TracerConfig
 from omnitrace_core.decoding import (
+    AnswerRepeatGuard,
     CancelCriteria,
     Grammar,
     GrammarLogitsProcessor,
@@ -741,6 +742,15 @@ class Tracer:
             processors.append(grammar_processor(self.tokenizer, self.model, grammar))
             if size >= 2 and grammar.kind in ("json_schema", "lark"):
                 processors.append(StringRepeatGuard(self.tokenizer, size))
+            gen["logits_processor"] = processors
+        elif int(gen.get("no_repeat_ngram_size") or 0) >= 1:
+            # transformers' guard counts the prompt, so no answer could copy ``size`` tokens in
+            # a row from a source; this one counts the answer only (AnswerRepeatGuard).
+            from transformers import LogitsProcessorList
+
+            processors = LogitsProcessorList(list(gen.get("logits_processor") or []))
+            processors.append(AnswerRepeatGuard(int(gen["no_repeat_ngram_size"])))
+            gen["no_repeat_ngram_size"] = 0
             gen["logits_processor"] = processors
         if not gen.get("do_sample"):
             for key in ("temperature", "top_p", "top_k"):

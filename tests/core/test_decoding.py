@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from omnitrace_core import FinalEvent, InvalidInputError, SentenceEvent, TextDelta
 from omnitrace_core.decoding import Grammar, StopMatcher, validate_stops
@@ -215,7 +216,7 @@ def test_string_repeat_guard_follows_escapes_and_never_leaves_nothing_allowed():
 def test_tracer_runs_the_guard_under_json_grammars_only(tiny_tracer):
     from omnitrace_core import TracerConfig
     from omnitrace_core.config import GenerationConfig
-    from omnitrace_core.decoding import GrammarLogitsProcessor, StringRepeatGuard
+    from omnitrace_core.decoding import AnswerRepeatGuard, GrammarLogitsProcessor, StringRepeatGuard
 
     def processors(cfg, **kw):
         gen = tiny_tracer._generation_kwargs(cfg, kw)
@@ -230,7 +231,9 @@ def test_tracer_runs_the_guard_under_json_grammars_only(tiny_tracer):
     off = cfg.model_copy(update={"generation": GenerationConfig(no_repeat_ngram_size=0)})
     assert processors(off, grammar=schema) == [GrammarLogitsProcessor]
     assert processors(cfg, grammar=schema, no_repeat_ngram_size=0) == [GrammarLogitsProcessor]
-    assert processors(cfg) == []  # no grammar: transformers' own n-gram guard, unchanged
+    # no grammar: the n-gram guard counts the answer only (transformers' would count the prompt)
+    assert processors(cfg) == [AnswerRepeatGuard]
+    assert processors(off) == [] and processors(cfg, no_repeat_ngram_size=0) == []
 
 
 def test_guarded_json_string_has_no_repeated_content_ngram(tiny_tracer, sources):
@@ -292,3 +295,39 @@ def test_tool_tags_that_are_added_tokens_can_be_written_as_one_token():
 
     raw = llguidance.LLMatcher(_ll_tokenizer(tok, len(tok)), grammar_source(grammar), log_level=0)
     assert not raw.consume_token(open_id)
+
+
+def test_answer_repeat_guard_bans_repeats_of_the_answer_not_of_the_prompt():
+    from omnitrace_core.decoding import AnswerRepeatGuard
+
+    guard = AnswerRepeatGuard(2)
+    vocab = 6
+
+    def banned(ids):
+        out = guard(torch.tensor(ids), torch.zeros(len(ids), vocab))
+        return [sorted(int(i) for i in torch.nonzero(row == float("-inf"))) for row in out]
+
+    # prompt "1 2 3 1" (two rows of a batch); the answer may copy "1 2" from the prompt
+    assert banned([[1, 2, 3, 1], [1, 2, 3, 1]]) == [[], []]
+    assert banned([[1, 2, 3, 1, 1], [1, 2, 3, 1, 4]]) == [[], []]
+    assert banned([[1, 2, 3, 1, 1, 2], [1, 2, 3, 1, 4, 5]]) == [[], []]
+    # row 0 answered "1 2 1": the bigram "1 2" is in its answer, so 2 is banned; row 1 apart
+    assert banned([[1, 2, 3, 1, 1, 2, 1], [1, 2, 3, 1, 4, 5, 4]]) == [[2], [5]]
+    # a new generate call (the sequence did not grow by one) starts afresh
+    assert banned([[1, 2, 1]]) == [[]]
+    one = AnswerRepeatGuard(1)
+    one(torch.tensor([[3, 3]]), torch.zeros(1, vocab))
+    assert one(torch.tensor([[3, 3, 4]]), torch.zeros(1, vocab))[0, 4] == float("-inf")  # size 1: no token twice
+    for bad in (0, 1.5, True):
+        with pytest.raises(InvalidInputError, match="AnswerRepeatGuard"):
+            AnswerRepeatGuard(bad)
+
+
+@pytest.mark.model
+def test_an_answer_can_copy_a_source_verbatim_on_the_packaged_model(default_tracer):
+    # transformers' no_repeat_ngram_size=3 counts the prompt: this answer said 43, not 42
+    from omnitrace_core.cli import DEMO_QUESTION, DEMO_SOURCES
+
+    answer = default_tracer.generate(DEMO_SOURCES, DEMO_QUESTION, max_new_tokens=24)
+    assert "42 meters" in answer.text or "42 metres" in answer.text
+    assert "Veltra lighthouse" in answer.text
