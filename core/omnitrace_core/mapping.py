@@ -62,7 +62,8 @@ class UnitIndex:
         self.units = list(units)
         kept_competitor = [int(p) for p in competitor_positions if p >= exclude_first_positions]
         self.competitor: int | None = len(self.units) if kept_competitor else None
-        self.end = max([u.token_end for u in units] + [p + 1 for p in kept_competitor])
+        self.units_end = max(u.token_end for u in units)
+        self.end = max([self.units_end] + [p + 1 for p in kept_competitor])
         owner = torch.full((self.end,), -1, dtype=torch.long)
         if kept_competitor:  # units win a position they share with the question
             owner[torch.tensor(kept_competitor, dtype=torch.long)] = len(self.units)
@@ -80,11 +81,16 @@ class UnitIndex:
 
     def _prefix(self, row: torch.Tensor) -> torch.Tensor:
         # Every captured query sits after the last unit, so its row covers all unit positions.
-        if row.shape[0] < self.end:
+        # A reference row from inside the question (causal) does not reach the question's end:
+        # the positions it cannot see get no attention.
+        if row.shape[0] < self.units_end:
             raise ValueError(
-                f"attention row of length {row.shape[0]} does not cover the units (need {self.end})"
+                f"attention row of length {row.shape[0]} does not cover the units (need {self.units_end})"
             )
-        return row[: self.end].float().cpu()
+        out = row[: self.end].float().cpu()
+        if out.shape[0] < self.end:
+            out = torch.cat([out, out.new_zeros(self.end - out.shape[0])])
+        return out
 
     def mass(self, row: torch.Tensor) -> torch.Tensor:
         """Per-slot summed score of one row: one fp32 entry per unit, then the competitor's."""

@@ -109,3 +109,11 @@ def test_peak_rule_never_picks_a_question_position():
     row = torch.tensor([0.0, 0.1, 0.1, 0.0, 0.3, 0.0, 0.0, 0.6, 0.1])
     m = TokenMapper(index, MappingConfig(rule="peak", bias_correction="none")).map(row)
     assert m.unit_index == 1 and m.echo
+
+
+def test_a_reference_row_from_inside_the_question_sees_only_its_past():
+    # a causal row of the query at position 7 (inside the question 7-8) has length 8
+    index = UnitIndex(_units(), competitor_positions=[7, 8])
+    assert index.mass(torch.tensor([0.0, 0.2, 0.1, 0.1, 0.2, 0.1, 0.1, 0.2])).tolist() == pytest.approx([0.4, 0.4, 0.2])
+    with pytest.raises(ValueError, match="does not cover the units"):
+        index.mass(torch.tensor([0.0, 0.5, 0.5]))
