@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -287,9 +287,41 @@ def _plain_turns(
     return out
 
 
-def parse_tool_calls(text: str) -> ParsedToolCalls:
+_FENCED_RE = re.compile(r"^```(?:json)?\s*(\{.*\})\s*```$", re.DOTALL)
+
+
+def _bare_call(text: str, names: Collection[str]) -> ToolCall | None:
+    """A whole reply that is one JSON call of a bound tool, bare or in a ```json fence."""
+    stripped = text.strip()
+    fenced = _FENCED_RE.match(stripped)
+    raw = fenced.group(1) if fenced else stripped
+    if not (raw.startswith("{") and raw.endswith("}")):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in names:
+        return None
+    args = data.get("arguments", data.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    return ToolCall(name=data["name"], arguments=args) if isinstance(args, dict) else None
+
+
+def parse_tool_calls(text: str, names: Collection[str] = ()) -> ParsedToolCalls:
     """Split a reply into its text and its ``<tool_call>`` blocks (an identical repeated call
-    counts once; a block the token limit cut is reported in ``invalid``)."""
+    counts once; a block the token limit cut is reported in ``invalid``).
+
+    With ``names`` (the bound tools, for an unforced ``auto`` turn, where the grammar lets the
+    model write text), a reply that is nothing but one JSON call of one of those tools, bare or
+    in a ```json fence, is that call: Qwen2.5 writes its calls so when it may choose.
+    """
+    if names and TOOL_CALL_OPEN not in text and (call := _bare_call(text, names)) is not None:
+        return ParsedToolCalls(text="", calls=[call], invalid=[])
     calls: list[ToolCall] = []
     invalid: list[tuple[str, str]] = []
     for match in _CALL_RE.finditer(text):

@@ -107,6 +107,7 @@ def _with_system(turns: list[dict[str, Any]], text: str) -> list[dict[str, Any]]
         return [{**turns[0], "content": f"{turns[0]['content']}\n{text}"}, *turns[1:]]
     return [{"role": "system", "content": text}, *turns]
 
+
 #: Name of the custom callback event announcing a completed sentence and its citations.
 CITATION_EVENT = "omnitrace_citation"
 
@@ -141,9 +142,7 @@ class _BatchTicket:
 _BATCH_TICKET: ContextVar[_BatchTicket | None] = ContextVar("omnitrace_batch_ticket", default=None)
 
 #: Per-call kwargs that ``ChatOmniTrace`` understands (others raise, naming them).
-_GENERATION_KWARGS = frozenset(
-    {"top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size", "seed"}
-)
+_GENERATION_KWARGS = frozenset({"top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size", "seed"})
 
 
 class ChatOmniTrace(BaseChatModel):
@@ -196,9 +195,7 @@ class ChatOmniTrace(BaseChatModel):
         api_key: The server's bearer token (default: ``OMNITRACE_API_KEY``).
     """
 
-    model_config = ConfigDict(
-        populate_by_name=True, protected_namespaces=(), arbitrary_types_allowed=True
-    )
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=(), arbitrary_types_allowed=True)
 
     model_name: str = Field(default=DEFAULT_MODEL, alias="model")
     tracer: Any = Field(default=None, exclude=True)
@@ -269,9 +266,7 @@ class ChatOmniTrace(BaseChatModel):
                 if self.tracer is None and self.hf_model is not None:
                     if self.hf_tokenizer is None:
                         raise InvalidInputError("hf_model needs hf_tokenizer (its tokenizer)")
-                    self.tracer = Tracer(
-                        self.hf_model, self.hf_tokenizer, config=self.tracer_config
-                    )
+                    self.tracer = Tracer(self.hf_model, self.hf_tokenizer, config=self.tracer_config)
                 elif self.tracer is None and self.base_url is not None:
                     import os
 
@@ -470,11 +465,7 @@ class ChatOmniTrace(BaseChatModel):
                 format_instruction=instruction,
                 ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
             ) | RunnableLambda(with_field_citations)
-            parser = (
-                PydanticOutputParser(pydantic_object=schema)
-                if is_pydantic
-                else JsonOutputParser()
-            )
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
         else:
             raise InvalidInputError(
                 f"method {method!r} is not one of 'json_schema', 'function_calling', 'json_mode'"
@@ -496,11 +487,11 @@ class ChatOmniTrace(BaseChatModel):
         stop: list[str] | None,
         kwargs: dict[str, Any],
         cancel: threading.Event,
-    ) -> tuple[ChatRequest, Any, bool]:
+    ) -> tuple[ChatRequest, Any, tuple[str, ...]]:
         """Read the messages and build a zero-argument event iterator factory.
 
-        Returns the request, the factory, and whether the reply is a tool-call turn (its text
-        is then parsed into ``tool_calls``).
+        Returns the request, the factory, and for a tool-call turn the bound tools' names (its
+        text is then parsed into ``tool_calls``; empty: not a tool turn).
         """
         kwargs = dict(kwargs)
         sources = kwargs.pop("sources", None)
@@ -539,18 +530,13 @@ class ChatOmniTrace(BaseChatModel):
             def make() -> Iterator[Event]:
                 return plain_events(tracer, turns, gen, tools, parallel, choice)
 
-            return request, make, True
+            return request, make, tuple(t.name for t in tools)
         if grammar is not None:
             gen["grammar"] = grammar
         if request.sources:
             if not request.question:
                 raise InvalidInputError("no question: the messages contain no human text to answer")
-            base = (
-                call_config
-                or self.tracer_config
-                or getattr(tracer, "config", None)
-                or TracerConfig()
-            )
+            base = call_config or self.tracer_config or getattr(tracer, "config", None) or TracerConfig()
             extra = "\n".join(x for x in (request.system, instruction) if x)
             cfg = base
             if extra:
@@ -562,11 +548,9 @@ class ChatOmniTrace(BaseChatModel):
                     # batch / abatch: decode with the other inputs, replay this row here
                     if not ticket.take():
                         return traced_events(tracer, request.sources, request.question, cfg, gen)
-                    return traced_events(
-                        ticket.gate, request.sources, request.question, cfg, batched_gen
-                    )
+                    return traced_events(ticket.gate, request.sources, request.question, cfg, batched_gen)
 
-                return request, make, False
+                return request, make, ()
 
             def make() -> Iterator[Event]:
                 return traced_events(tracer, request.sources, request.question, cfg, gen)
@@ -582,7 +566,7 @@ class ChatOmniTrace(BaseChatModel):
                     return remote_plain_events(tracer, turns, gen)
                 return plain_events(tracer, turns, gen)
 
-        return request, make, False
+        return request, make, ()
 
     def _generation_kwargs(
         self, tracer: Any, stop: list[str] | None, kwargs: dict[str, Any]
@@ -648,9 +632,9 @@ class ChatOmniTrace(BaseChatModel):
         """A tool turn's content: its text beside the calls as one text block, or none."""
         return [{"type": "text", "text": text, "index": TEXT_BLOCK_INDEX}] if text else []
 
-    def _message(self, outcome: Outcome, tool_turn: bool = False) -> AIMessage:
+    def _message(self, outcome: Outcome, tool_turn: tuple[str, ...] = ()) -> AIMessage:
         if tool_turn:
-            parsed, fields = tool_call_message_fields(outcome.text)
+            parsed, fields = tool_call_message_fields(outcome.text, tool_turn)
             return AIMessage(
                 content=self._tool_turn_text(parsed.text),
                 usage_metadata=self._usage(outcome),
@@ -667,9 +651,9 @@ class ChatOmniTrace(BaseChatModel):
             response_metadata=self._metadata(outcome),
         )
 
-    def _tool_turn_chunks(self, outcome: Outcome) -> Iterator[ChatGenerationChunk]:
+    def _tool_turn_chunks(self, outcome: Outcome, names: tuple[str, ...]) -> Iterator[ChatGenerationChunk]:
         """A tool turn streams as one chunk: its text (if any) and whole tool-call chunks."""
-        parsed, fields = tool_call_message_fields(outcome.text)
+        parsed, fields = tool_call_message_fields(outcome.text, names)
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content=self._tool_turn_text(parsed.text),
@@ -703,9 +687,7 @@ class ChatOmniTrace(BaseChatModel):
                 "attribute_message needs sources (content blocks, tool output or sources=)"
             )
         tracer = self.get_tracer()
-        cfg = (
-            tracer_config or self.tracer_config or getattr(tracer, "config", None) or TracerConfig()
-        )
+        cfg = tracer_config or self.tracer_config or getattr(tracer, "config", None) or TracerConfig()
         if request.system:
             cfg = cfg.model_copy(update={"system_prompt": f"{cfg.system_prompt}\n{request.system}"})
         answer = tracer.attribute(request.sources, request.question, response, config=cfg)
@@ -864,14 +846,17 @@ class ChatOmniTrace(BaseChatModel):
             return None
         config, run_id = target
         manager = manager_cls.configure(
-            config.get("callbacks"), self.callbacks, self.verbose,
-            config.get("tags"), self.tags, config.get("metadata"), self.metadata,
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
         )
         return manager, run_id
 
-    def _announce(
-        self, run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution
-    ) -> None:
+    def _announce(self, run_manager: CallbackManagerForLLMRun | None, sentence: SentenceAttribution) -> None:
         data = sentence_event_data(sentence, sentence_annotations(sentence))
         try:
             found = self._event_manager(run_manager, CallbackManager)
@@ -899,9 +884,7 @@ class ChatOmniTrace(BaseChatModel):
     @staticmethod
     def _delta_chunk(text: str) -> ChatGenerationChunk:
         return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=[{"type": "text", "text": text, "index": TEXT_BLOCK_INDEX}]
-            )
+            message=AIMessageChunk(content=[{"type": "text", "text": text, "index": TEXT_BLOCK_INDEX}])
         )
 
     @staticmethod
@@ -929,7 +912,7 @@ class ChatOmniTrace(BaseChatModel):
         )
 
     def _event_chunks(
-        self, kind: str, value: Any, tool_turn: bool, emitted_text: bool
+        self, kind: str, value: Any, tool_turn: tuple[str, ...], emitted_text: bool
     ) -> tuple[list[ChatGenerationChunk], bool]:
         """The chunks one engine event becomes, and whether answer text has been sent.
 
@@ -938,7 +921,7 @@ class ChatOmniTrace(BaseChatModel):
         tool turn is sent whole at its end (its text is a call until parsed).
         """
         if tool_turn:
-            return (list(self._tool_turn_chunks(value)) if kind == "final" else []), emitted_text
+            return (list(self._tool_turn_chunks(value, tool_turn)) if kind == "final" else []), emitted_text
         if kind == "delta":
             return [self._delta_chunk(value)], True
         if kind == "sentence":
@@ -948,7 +931,7 @@ class ChatOmniTrace(BaseChatModel):
             return list(self._final_chunks(value, emitted_text)), emitted_text
         return [], emitted_text
 
-    def _result(self, outcome: Outcome | None, tool_turn: bool) -> ChatResult:
+    def _result(self, outcome: Outcome | None, tool_turn: tuple[str, ...]) -> ChatResult:
         """``_generate`` / ``_agenerate``'s result from the generation's final outcome."""
         if outcome is None:
             raise RuntimeError("the generation ended without a final result (no 'final' event)")

@@ -101,9 +101,10 @@ def conversation_turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     return turns
 
 
-def tool_call_message_fields(text: str) -> tuple[ParsedToolCalls, dict[str, Any]]:
-    """``tool_calls`` and ``invalid_tool_calls`` for an ``AIMessage`` from a reply's text."""
-    parsed = parse_tool_calls(text)
+def tool_call_message_fields(text: str, names: Sequence[str] = ()) -> tuple[ParsedToolCalls, dict[str, Any]]:
+    """``tool_calls`` and ``invalid_tool_calls`` for an ``AIMessage`` from a reply's text
+    (``names``: the bound tools, whose bare JSON calls an ``auto`` turn may write)."""
+    parsed = parse_tool_calls(text, names)
     fields: dict[str, Any] = {
         "tool_calls": [tool_call(name=c.name, args=c.arguments, id=c.id) for c in parsed.calls],
         "invalid_tool_calls": [

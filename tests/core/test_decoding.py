@@ -331,3 +331,18 @@ def test_an_answer_can_copy_a_source_verbatim_on_the_packaged_model(default_trac
     answer = default_tracer.generate(DEMO_SOURCES, DEMO_QUESTION, max_new_tokens=24)
     assert "42 meters" in answer.text or "42 metres" in answer.text
     assert "Veltra lighthouse" in answer.text
+
+
+def test_an_auto_turn_may_write_a_bound_tools_call_as_bare_or_fenced_json():
+    from omnitrace_core.tools import parse_tool_calls
+
+    fenced = '```json\n{\n  "name": "get_population",\n  "arguments": {"city": "Oslo"}\n}\n```'
+    for reply in (fenced, ' {"name": "get_population", "arguments": "{\\"city\\": \\"Oslo\\"}"} '):
+        parsed = parse_tool_calls(reply, ["get_population"])
+        assert [(c.name, c.arguments) for c in parsed.calls] == [("get_population", {"city": "Oslo"})]
+        assert parsed.text == "" and not parsed.invalid
+        assert not parse_tool_calls(reply).calls  # without bound names it stays text
+    # not a bound tool, not the whole reply, or not a call: text
+    for reply in (fenced.replace("get_population", "rm_rf"), "Sure: " + fenced, '{"city": "Oslo"}', "```json\n{bad}\n```"):
+        parsed = parse_tool_calls(reply, ["get_population"])
+        assert not parsed.calls and parsed.text == reply.strip()
