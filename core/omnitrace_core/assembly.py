@@ -201,7 +201,8 @@ class SentenceAssembler:
                 chosen = self._reranked(self.text[a:b], votes, chosen, self.reranker)
             chosen = self._located_without_echoes(toks, chosen)
             for unit_index, score in chosen:
-                citations.append(self._citation(self.units[unit_index], score))
+                unit = self.units[unit_index]
+                citations.append(Citation.of_unit(unit, self.sources[unit.source_id], score))
             citations = merge_located(citations)
             mass = self._source_mass(toks)
         except Exception as exc:  # keep the sentence, record why it has no citations
@@ -311,23 +312,6 @@ class SentenceAssembler:
         if weight_sum <= 0:
             return {}
         return {sid: v / weight_sum for sid, v in totals.items()}
-
-    def _citation(self, unit: SourceUnit, score: float) -> Citation:
-        src = self.sources[unit.source_id]
-        return Citation(
-            source_id=unit.source_id,
-            unit_id=unit.unit_id,
-            score=score,
-            cited_text=unit.text,
-            char_start=unit.char_start,
-            char_end=unit.char_end,
-            title=src.title,
-            url=src.url,
-            modality=unit.modality,
-            metadata=dict(src.metadata),
-            seconds=[unit.seconds] if unit.seconds else [],
-            boxes=[unit.box] if unit.box else [],
-        )
 
 
 def _closes_sentence(token: str) -> bool:

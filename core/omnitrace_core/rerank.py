@@ -38,7 +38,6 @@ from omnitrace_core.curation import TokenVote, unit_votes
 from omnitrace_core.results import (
     Citation,
     SentenceAttribution,
-    SourceInfo,
     TracedAnswer,
     merge_located,
 )
@@ -261,23 +260,6 @@ def _curation_of(answer: TracedAnswer) -> CurationConfig:
     return CurationConfig.model_validate(raw) if raw else CurationConfig()
 
 
-def _citation(unit: SourceUnit, source: SourceInfo, score: float) -> Citation:
-    return Citation(
-        source_id=unit.source_id,
-        unit_id=unit.unit_id,
-        score=score,
-        cited_text=unit.text,
-        char_start=unit.char_start,
-        char_end=unit.char_end,
-        title=source.title,
-        url=source.url,
-        modality=unit.modality,
-        metadata=dict(source.metadata),
-        seconds=[unit.seconds] if unit.seconds else [],
-        boxes=[unit.box] if unit.box else [],
-    )
-
-
 def rerank_answer(
     answer: TracedAnswer, config: RerankConfig, *, embedder: Embedder | None = None
 ) -> TracedAnswer:
@@ -310,7 +292,7 @@ def rerank_answer(
         for k, sentence in enumerate(answer.sentences):
             votes = {u: v for u, v in sentence_votes(answer, sentence, curation).items() if u in by_id}
             cited = combine(ids, votes, sims[k].tolist(), config)
-            fresh = [_citation(by_id[u], by_source[by_id[u].source_id], score) for u, score in cited]
+            fresh = [Citation.of_unit(by_id[u], by_source[by_id[u].source_id], score) for u, score in cited]
             kept = [c for c in sentence.citations if c.unit_id not in by_id]
             citations = merge_located([*fresh, *kept])
             update = {"citations": citations, "grounded": bool(citations)}

@@ -46,6 +46,25 @@ class Citation(BaseModel):
     boxes: list[tuple[int, int, int, int]] = Field(default_factory=list)
     """Image: the cited regions as pixel boxes ``(x0, y0, x1, y1)``."""
 
+    @classmethod
+    def of_unit(cls, unit: SourceUnit, source: Any, score: float) -> Citation:
+        """Cite ``unit`` with ``score``; ``source`` (a source or its :class:`SourceInfo`)
+        gives the title, url and metadata."""
+        return cls(
+            source_id=unit.source_id,
+            unit_id=unit.unit_id,
+            score=score,
+            cited_text=unit.text,
+            char_start=unit.char_start,
+            char_end=unit.char_end,
+            title=source.title,
+            url=source.url,
+            modality=unit.modality,
+            metadata=dict(source.metadata),
+            seconds=[unit.seconds] if unit.seconds else [],
+            boxes=[unit.box] if unit.box else [],
+        )
+
 
 class TokenAttribution(BaseModel):
     """Where one generated token looked: its top unit and how confidently."""

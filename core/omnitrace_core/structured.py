@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from omnitrace_core.config import CurationConfig
 from omnitrace_core.curation import TokenVote, curate
 from omnitrace_core.errors import InvalidInputError
-from omnitrace_core.results import Citation, SourceInfo, TracedAnswer, merge_located
+from omnitrace_core.results import Citation, TracedAnswer, merge_located
 from omnitrace_core.sources import SourceUnit
 
 __all__ = ["FieldCitation", "JsonLeaf", "field_citations", "json_leaves"]
@@ -241,7 +241,7 @@ def field_citations(answer: TracedAnswer, curation: CurationConfig | None = None
         votes = [TokenVote(_unit(unit_index, t.unit_id), t.confidence, t.pos or "X") for t in toks]
         chosen = curate(votes, curation) if units else []
         citations = merge_located(
-            [_citation(units[i], infos[units[i].source_id], score) for i, score in chosen]
+            [Citation.of_unit(units[i], infos[units[i].source_id], score) for i, score in chosen]
         )
         mapped = [t.confidence for t in toks if _unit(unit_index, t.unit_id) >= 0]
         out.append(
@@ -268,20 +268,3 @@ def _overlaps(start: int, end: int, leaf: JsonLeaf) -> bool:
 
 def _unit(index: dict[str, int], unit_id: str | None) -> int:
     return index.get(unit_id, -1) if unit_id is not None else -1
-
-
-def _citation(unit: SourceUnit, info: SourceInfo, score: float) -> Citation:
-    return Citation(
-        source_id=unit.source_id,
-        unit_id=unit.unit_id,
-        score=score,
-        cited_text=unit.text,
-        char_start=unit.char_start,
-        char_end=unit.char_end,
-        title=info.title,
-        url=info.url,
-        modality=unit.modality,
-        metadata=dict(info.metadata),
-        seconds=[unit.seconds] if unit.seconds else [],
-        boxes=[unit.box] if unit.box else [],
-    )
