@@ -149,14 +149,15 @@ class _Reference:
             return torch.sqrt(running.clamp_min(_EPS) * self.prompt.clamp_min(_EPS))
         return None
 
-    def correct(self, raw: torch.Tensor) -> torch.Tensor:
-        """``raw`` divided by the reference (before this token joins it), renormalised."""
+    def correct(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``raw`` divided by the reference (before this token joins it), renormalised, and
+        that reference."""
         ref = self.get()
         out = shares_of(raw / ref.clamp_min(1e-4)) if ref is not None and float(raw.sum()) > 0 else raw
         if float(raw.sum()) > 0:
             self._sum += raw
             self._n += 1
-        return out
+        return out, ref
 
 
 class TokenMapper:
@@ -212,11 +213,10 @@ class TokenMapper:
                 raw_slots = shares_of(raw_slots + read_slots) if float(raw_slots.sum()) > 0 else read_slots
                 read_fraction = float(read_mass[:n].sum()) / read_total if read_total > 0 else 0.0
                 fraction = (fraction + read_fraction) / 2
-        ref = self._units.get()
-        corrected = self._units.correct(raw)
+        corrected, ref = self._units.correct(raw)
         echo = False
         if self._slots is not None:
-            slot_share = self._slots.correct(raw_slots)
+            slot_share, _ = self._slots.correct(raw_slots)
             echo = bool(slot_share[n] > 0 and slot_share[n] > slot_share[:n].max())
         if float(corrected.sum()) <= 0:
             unit, conf = -1, 0.0
