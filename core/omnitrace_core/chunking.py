@@ -63,7 +63,9 @@ class Chunker:
                     spacy = None
                 for name in SPACY_MODELS if spacy is not None else ():
                     try:
-                        cls._nlp = spacy.load(name, disable=["ner", "lemmatizer"])
+                        # exclude, not disable: disabled components are still loaded (~21 MB of
+                        # the process for nothing); sentences and POS tags do not use them.
+                        cls._nlp = spacy.load(name, exclude=["ner", "lemmatizer"])
                         break
                     except OSError:
                         continue
