@@ -17,7 +17,7 @@ scored on the same rows (``-1``: every row, added to the main folder):
 
 usage: nice -n 10 python benchmarks/eval_dev.py [--set dev|hard|both] [--model NAME] [--methods A,B]
        [--baselines A,B] [--engine local|ray]
-       [--workers N] [--threads N] [--no-faithfulness] [--contextcite N] [--attgrads N]
+       [--workers N] [--threads N] [--no-faithfulness] [--contextcite N] [--attgrads N] [--per-task N]
        [--results DIR]   (a long run can write outside the checkout, then be copied in)
 """
 
@@ -129,6 +129,13 @@ def main() -> None:
         "--contextcite", type=int, default=0, metavar="N", help="ContextCite-64 on N rows per task"
     )
     ap.add_argument("--attgrads", type=int, default=0, metavar="N", help="AttGrads on N rows per task")
+    ap.add_argument(
+        "--per-task",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the first N rows of each task (a slow model's sample), into <folder>-sample<N>/",
+    )
     args = ap.parse_args()
     for key in ("dev", "hard") if args.set == "both" else (args.set,):
         data, name = SETS[key]
@@ -136,6 +143,9 @@ def main() -> None:
         if not data.exists():
             print(f"{data} not found: {key} skipped", file=sys.stderr)
             continue
+        if args.per_task > 0:
+            out = out.with_name(f"{out.name}-sample{args.per_task}")
+            data = sample(data, args.per_task, out)
         run(data, out, args)
 
 
