@@ -80,29 +80,23 @@ class CaptureSession:
         self.mode: CaptureMode = mode
         self._share = 1.0 / len(self.layers)
         self._rows: dict[int, torch.Tensor] = {}
-        # A decode step keeps each captured layer's probabilities here until its last layer
-        # has reported, then reduces them in one stacked op (instead of a few small tensor ops
-        # per layer: under load each costs tens of microseconds with cold caches). Only the
-        # running step is ever held, so memory stays one step's probabilities. The lock guards
-        # the hand-over when stream() reads rows while its worker thread decodes.
-        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        self._lock = threading.Lock()
-        self._mean_over_heads = type(signal).reduce is Signal.reduce
+        # Decode steps are reduced layer by layer into one running sum per step (see
+        # _DecodeSteps); a row is published once the step's last captured layer has reported.
+        self._steps = _DecodeSteps(signal, self.layers)
         self.layer_calls: dict[int, int] = {}
         self.grad_probs: dict[int, torch.Tensor] = {}
 
     @property
     def rows(self) -> dict[int, torch.Tensor]:
         """Reduced rows by absolute query position (fp32, each over keys ``0..position``)."""
-        if self._pending:
-            self._flush()
         return self._rows
 
     def row(self, position: int) -> torch.Tensor:
         """The reduced attention row of the query at ``position`` (fp32, over keys ``0..position``)."""
-        rows = self.rows  # reduces every finished step
-        if position not in rows and position in self._pending:  # a step whose layers never all came
-            self._flush(everything=True)
+        if position not in self._rows:  # a decode step whose layers never all came
+            partial = self._steps.take(position)
+            if partial is not None:
+                self._add(position, partial[0], scaled=True)
         return self._rows[position]
 
     # -- called from the attention function ---------------------------------------------
@@ -140,44 +134,72 @@ class CaptureSession:
         self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
         if probs.shape[0] != 1:
             raise CaptureError("attention capture supports batch size 1 per call")
-        self._pend(probs.shape[-1] - 1, layer, probs[0])
+        pos = probs.shape[-1] - 1
+        done = self._steps.add(pos, layer, probs)
+        if done is not None:
+            self._add(pos, done[0], scaled=True)
 
     def wants_decode(self, layer: int) -> bool:
         return self.mode == "fused" and layer in self.layers
 
-    def _pend(self, pos: int, layer: int, probs: torch.Tensor) -> None:
-        """Keep one layer's ``(H, pos + 1)`` probabilities of a decode step; reduce the step
-        once every captured layer has reported (and any older step still held)."""
-        with self._lock:
-            items = self._pending.setdefault(pos, [])
-            items.append((layer, probs))
-            ready = len(items) >= len(self.layers) or len(self._pending) > 1
-        if ready:
-            self._flush()
-
-    def _flush(self, everything: bool = False) -> None:
-        """Reduce the pending decode steps. The newest one may still be running in a decode
-        thread: it waits until every captured layer has reported (so a row is always summed in
-        the same order, streamed or not), unless ``everything``."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            if not everything and pending:
-                newest = max(pending)
-                if len(pending[newest]) < len(self.layers):
-                    self._pending[newest] = pending.pop(newest)
-        for pos, items in pending.items():
-            if self._mean_over_heads:  # AttMean / RawAtt: mean over heads, summed over layers
-                stacked = torch.stack([p for _, p in items])  # (n, H, K)
-                self._add(pos, stacked.mean(dim=1).sum(dim=0))
-            else:
-                for layer, p in items:
-                    self._add(pos, self.signal.reduce(p.unsqueeze(1), layer)[0])
-
-    def _add(self, pos: int, row: torch.Tensor) -> None:
-        """Add reduced rows (over keys ``0..pos``, summed over layers) to the average over layers."""
-        contrib = row * self._share
+    def _add(self, pos: int, row: torch.Tensor, scaled: bool = False) -> None:
+        """Add reduced rows (over keys ``0..pos``, summed over layers) to the average over
+        layers (``scaled``: ``row`` is already multiplied by ``1 / layers``)."""
+        contrib = row if scaled else row * self._share
         prev = self._rows.get(pos)
         self._rows[pos] = contrib if prev is None else prev.add_(contrib)
+
+
+class _DecodeSteps:
+    """Reduces decode steps layer by layer: one running sum per step, over the rows of a batch.
+
+    Each captured layer's probabilities ``(R, H, K)`` (``R`` rows: 1, or a batch) are folded
+    into the step's sum as they arrive (the mean signals sum the raw probabilities and take the
+    head mean once at the end; other signals reduce each layer to ``(R, K)`` and sum those), so
+    a step costs one or two tensor ops per layer whatever ``R`` is, and no layer's
+    probabilities are held after its call. When the step's last layer has reported,
+    :meth:`add` returns the finished ``(R, K)`` rows already scaled by ``1 / layers``. Always
+    summed in layer order, so a row is the same streamed or not and in a batch or alone (up to
+    float summation order across rows). Only running steps are held (one, normally).
+    """
+
+    def __init__(self, signal: Signal, layers: frozenset[int]) -> None:
+        self.signal = signal
+        self.n_layers = len(layers)
+        self.share = 1.0 / len(layers)
+        self.mean_over_heads = type(signal).reduce is Signal.reduce
+        self._running: dict[int, tuple[torch.Tensor, int]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, pos: int, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
+        # AttMean / RawAtt sum the raw probabilities (the head mean comes once, at the end);
+        # other signals reduce this layer to (R, K), the rows as the signal's query rows.
+        part = probs if self.mean_over_heads else self.signal.reduce(probs.transpose(0, 1), layer)
+        with self._lock:
+            held = self._running.pop(pos, None)
+            if held is None:
+                acc, seen = part.clone() if part is probs else part, 1
+            else:
+                acc, seen = held[0].add_(part), held[1] + 1
+            if seen < self.n_layers:
+                self._running[pos] = (acc, seen)
+                return None
+        return self._finish(acc)
+
+    def take(self, pos: int) -> torch.Tensor | None:
+        """A step whose layers never all reported, reduced over those that did (or None)."""
+        with self._lock:
+            held = self._running.pop(pos, None)
+        return None if held is None else self._finish(held[0])
+
+    def positions(self) -> list[int]:
+        with self._lock:
+            return sorted(self._running)
+
+    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
+        if self.mean_over_heads:
+            return acc.sum(dim=1).mul_(self.share / acc.shape[1])
+        return acc.mul_(self.share)
 
 
 class BatchCaptureSession:
@@ -201,6 +223,10 @@ class BatchCaptureSession:
         self.offsets = list(offsets)
         self.layers = sessions[0].layers
         self.mode: CaptureMode = sessions[0].mode
+        # One reduction for the whole batch when every row reads the same signal (as
+        # generate_batch's rows do); otherwise each row reduces its own slice.
+        shared = all(s.signal is sessions[0].signal for s in sessions)
+        self._steps = _DecodeSteps(sessions[0].signal, self.layers) if shared else None
 
     def wants_decode(self, layer: int) -> bool:
         return self.mode == "fused" and layer in self.layers
@@ -238,11 +264,32 @@ class BatchCaptureSession:
                 session._add(pos - off, reduced[i, off : pos + 1])
 
     def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        """A decode step's probabilities ``(B, H, K)``: reduced for the whole batch at once (one
+        running sum per step), then each row's slice from its own first key is its session's row."""
         layer = int(getattr(module, "layer_idx", -1))
-        pos = probs.shape[-1] - 1
-        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+        for session in self.sessions:
             session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
-            session._pend(pos - off, layer, probs[b, :, off:])
+        pos = probs.shape[-1] - 1
+        if self._steps is None:
+            for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                row = session._steps.add(pos - off, layer, probs[b : b + 1, :, off:])
+                if row is not None:
+                    session._add(pos - off, row[0], scaled=True)
+            return
+        done = self._steps.add(pos, layer, probs)
+        if done is not None:
+            for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                session._add(pos - off, done[b, off:], scaled=True)
+
+    def finish(self) -> None:
+        """Hand any decode step whose layers never all reported to the rows (normally none)."""
+        if self._steps is None:
+            return  # each row's session hands its own over when the row is read
+        for pos in self._steps.positions():
+            done = self._steps.take(pos)
+            if done is not None:
+                for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                    session._add(pos - off, done[b, off:], scaled=True)
 
 
 def attention_rows(
