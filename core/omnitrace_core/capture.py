@@ -169,22 +169,37 @@ class _DecodeSteps:
         self.share = 1.0 / len(layers)
         self.mean_over_heads = type(signal).reduce is Signal.reduce
         self._running: dict[int, tuple[torch.Tensor, int]] = {}
+        self._head_weights: dict[int, torch.Tensor] = {}
         self._lock = threading.Lock()
 
     def add(self, pos: int, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
-        # AttMean / RawAtt sum the raw probabilities (the head mean comes once, at the end);
-        # other signals reduce this layer to (R, K), the rows as the signal's query rows.
-        part = probs if self.mean_over_heads else self.signal.reduce(probs.transpose(0, 1), layer)
+        # One producer (the decoding) adds; a reader only ever takes a step that never finished.
         with self._lock:
             held = self._running.pop(pos, None)
-            if held is None:
-                acc, seen = part.clone() if part is probs else part, 1
-            else:
-                acc, seen = held[0].add_(part), held[1] + 1
-            if seen < self.n_layers:
+        acc = None if held is None else held[0]
+        if self.mean_over_heads:  # AttMean / RawAtt: sum the raw probabilities, head mean at the end
+            acc = probs.clone() if acc is None else acc.add_(probs)
+        elif (w := self._weights(layer, probs)) is not None:  # a weighted sum over heads: (R, 1, K)
+            acc = torch.bmm(w, probs) if acc is None else acc.baddbmm_(w, probs)
+        else:  # the signal's own reduction, the rows as its query rows: (R, K)
+            part = self.signal.reduce(probs.transpose(0, 1), layer)
+            acc = part if acc is None else acc.add_(part)
+        seen = 1 if held is None else held[1] + 1
+        if seen < self.n_layers:
+            with self._lock:
                 self._running[pos] = (acc, seen)
-                return None
+            return None
         return self._finish(acc)
+
+    def _weights(self, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
+        """The signal's head weights for ``layer`` as ``(R, 1, H)`` (a broadcast view), or None."""
+        w = self._head_weights.get(layer)
+        if w is None:
+            found = self.signal.head_weights(layer)
+            if found is None:
+                return None
+            w = self._head_weights[layer] = found.to(device=probs.device, dtype=probs.dtype).view(1, 1, -1)
+        return w.expand(probs.shape[0], 1, w.shape[-1])
 
     def take(self, pos: int) -> torch.Tensor | None:
         """A step whose layers never all reported, reduced over those that did (or None)."""
@@ -199,7 +214,7 @@ class _DecodeSteps:
     def _finish(self, acc: torch.Tensor) -> torch.Tensor:
         if self.mean_over_heads:
             return acc.sum(dim=1).mul_(self.share / acc.shape[1])
-        return acc.mul_(self.share)
+        return acc.mul_(self.share).reshape(acc.shape[0], acc.shape[-1])
 
 
 class BatchCaptureSession:
@@ -346,7 +361,9 @@ def _traced_attention(
         and session.wants_decode(int(getattr(module, "layer_idx", -1)))
         and fusable(module, kwargs)
     ):
-        with torch.no_grad():
+        # generate() already runs without gradients: entering no_grad again per layer costs
+        # more than the check
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
             fused, probs = decode_attention(query, key, value, attention_mask, scaling)
             session.observe_decode(module, probs)
         return fused, None

@@ -59,7 +59,8 @@ def decode_attention(
         m = m.reshape(m.shape[0], -1, 1, kv_len)
         if m.shape[1] == heads and heads != kv_heads:
             m = m.reshape(m.shape[0], kv_heads, group, kv_len)
-        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+        # in place: ``scores`` is this call's own tensor
+        scores = scores.masked_fill_(~m, float("-inf")) if m.dtype == torch.bool else scores.add_(m.float())
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs.to(value.dtype), value)  # (B, Hkv, G, D)
     return out.reshape(batch, 1, heads, head_dim), probs.reshape(batch, heads, kv_len)
