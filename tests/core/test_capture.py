@@ -210,7 +210,11 @@ def _signals(kind, heads):
     if kind == "learned":
         return [LearnedHeads(weights)] * 3
     # rows of a batch read the same layers: the middle row weighs every head of layers 0 and 2
-    return [LearnedHeads(weights), LearnedHeads(torch.ones(3, heads) * weights.bool()), LearnedHeads(weights * 2)]
+    return [
+        LearnedHeads(weights),
+        LearnedHeads(torch.ones(3, heads) * weights.bool()),
+        LearnedHeads(weights * 2),
+    ]
 
 
 @pytest.mark.parametrize("mode", ["fused", "exact"])
@@ -222,7 +226,9 @@ def test_batch_capture_rows_equal_rows_of_each_prompt_alone(model, mode, kind):
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     signals = _signals(kind, model.config.num_attention_heads)
-    sessions = [CaptureSession(sig, 3, [2, len(p) - 1], mode=mode) for sig, p in zip(signals, prompts, strict=True)]
+    sessions = [
+        CaptureSession(sig, 3, [2, len(p) - 1], mode=mode) for sig, p in zip(signals, prompts, strict=True)
+    ]
     batch = BatchCaptureSession(sessions, [width - len(p) for p in prompts])
     with capturing(batch), torch.no_grad():
         out = model.generate(
