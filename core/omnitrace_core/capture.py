@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from omnitrace_core.capture_kernels import decode_attention, fusable
+from omnitrace_core.capture_kernels import Workspace, decode_attention, fusable
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import Signal
 
@@ -82,7 +82,8 @@ class CaptureSession:
         self._rows: dict[int, torch.Tensor] = {}
         # Decode steps are reduced layer by layer into one running sum per step (see
         # _DecodeSteps); a row is published once the step's last captured layer has reported.
-        self._steps = _DecodeSteps(signal, self.layers)
+        self.workspace = Workspace()
+        self._steps = _DecodeSteps(signal, self.layers, self.workspace)
         self.layer_calls: dict[int, int] = {}
         self.grad_probs: dict[int, torch.Tensor] = {}
 
@@ -134,9 +135,7 @@ class CaptureSession:
         self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
         if probs.shape[0] != 1:
             raise CaptureError("attention capture supports batch size 1 per call")
-        pos = probs.shape[-1] - 1
-        done = self._steps.add(pos, layer, probs)
-        if done is not None:
+        for pos, done in self._steps.add(probs.shape[-1] - 1, layer, probs):
             self._add(pos, done[0], scaled=True)
 
     def wants_decode(self, layer: int) -> bool:
@@ -154,31 +153,49 @@ class _DecodeSteps:
     """Reduces decode steps layer by layer: one running sum per step, over the rows of a batch.
 
     Each captured layer's probabilities ``(R, H, K)`` (``R`` rows: 1, or a batch) are folded
-    into the step's sum as they arrive (the mean signals sum the raw probabilities and take the
-    head mean once at the end; other signals reduce each layer to ``(R, K)`` and sum those), so
-    a step costs one or two tensor ops per layer whatever ``R`` is, and no layer's
-    probabilities are held after its call. When the step's last layer has reported,
-    :meth:`add` returns the finished ``(R, K)`` rows already scaled by ``1 / layers``. Always
-    summed in layer order, so a row is the same streamed or not and in a batch or alone (up to
-    float summation order across rows). Only running steps are held (one, normally).
+    into the step's sum as they arrive: the mean signals sum the raw probabilities and take the
+    head mean once at the end; signals with fixed head weights (:meth:`Signal.head_weights`,
+    learned heads) add their weighted head sum with one batched matrix product; others reduce
+    each layer to ``(R, K)`` with :meth:`Signal.reduce` and sum those. A step costs one or two
+    tensor ops per layer whatever ``R`` is, and no layer's probabilities are held after its
+    call. When the step's last layer has reported, :meth:`add` returns the finished ``(R, K)``
+    rows already scaled by ``1 / layers``; a step that a newer one overtakes before all its
+    layers came (a layer that did not run the fused kernel) is finished then, over the layers
+    that did. Always summed in layer order, so a row is the same streamed or not and in a batch
+    or alone (up to float summation order across rows).
     """
 
-    def __init__(self, signal: Signal, layers: frozenset[int]) -> None:
+    def __init__(self, signal: Signal, layers: frozenset[int], workspace: Workspace) -> None:
         self.signal = signal
+        self.workspace = workspace
         self.n_layers = len(layers)
         self.share = 1.0 / len(layers)
         self.mean_over_heads = type(signal).reduce is Signal.reduce
         self._running: dict[int, tuple[torch.Tensor, int]] = {}
-        self._head_weights: dict[int, torch.Tensor] = {}
+        self._heads = 1  # of the layers folded in (for the head mean)
+        # the weighted path only when every layer read has fixed head weights
+        weights = {layer: signal.head_weights(layer) for layer in layers} if not self.mean_over_heads else {}
+        self._head_weights: dict[int, torch.Tensor] | None = (
+            {k: w.view(1, 1, -1) for k, w in weights.items() if w is not None}
+            if weights and all(w is not None for w in weights.values())
+            else None
+        )
         self._lock = threading.Lock()
 
-    def add(self, pos: int, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
+    def add(self, pos: int, layer: int, probs: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Fold one layer of step ``pos`` in; the steps finished by it, as ``(pos, rows)``."""
         # One producer (the decoding) adds; a reader only ever takes a step that never finished.
         with self._lock:
             held = self._running.pop(pos, None)
+            overtaken = [] if held is not None or not self._running else sorted(self._running)
+            stale = [(p, self._running.pop(p)[0]) for p in overtaken]
+        finished = [(p, self._finish(acc)) for p, acc in stale]
         acc = None if held is None else held[0]
-        if self.mean_over_heads:  # AttMean / RawAtt: sum the raw probabilities, head mean at the end
-            acc = probs.clone() if acc is None else acc.add_(probs)
+        self._heads = probs.shape[1]
+        if self.mean_over_heads:  # AttMean / RawAtt: head sum per layer, the mean's 1 / H at the end
+            rows = (probs.shape[0], probs.shape[2])
+            part = torch.sum(probs, dim=1, out=self.workspace.get("part", rows, probs))
+            acc = part.clone() if acc is None else acc.add_(part)
         elif (w := self._weights(layer, probs)) is not None:  # a weighted sum over heads: (R, 1, K)
             acc = torch.bmm(w, probs) if acc is None else acc.baddbmm_(w, probs)
         else:  # the signal's own reduction, the rows as its query rows: (R, K)
@@ -188,17 +205,17 @@ class _DecodeSteps:
         if seen < self.n_layers:
             with self._lock:
                 self._running[pos] = (acc, seen)
-            return None
-        return self._finish(acc)
+        else:
+            finished.append((pos, self._finish(acc)))
+        return finished
 
     def _weights(self, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
         """The signal's head weights for ``layer`` as ``(R, 1, H)`` (a broadcast view), or None."""
-        w = self._head_weights.get(layer)
-        if w is None:
-            found = self.signal.head_weights(layer)
-            if found is None:
-                return None
-            w = self._head_weights[layer] = found.to(device=probs.device, dtype=probs.dtype).view(1, 1, -1)
+        if self._head_weights is None:
+            return None
+        w = self._head_weights[layer]
+        if w.device != probs.device or w.dtype != probs.dtype:
+            w = self._head_weights[layer] = w.to(device=probs.device, dtype=probs.dtype)
         return w.expand(probs.shape[0], 1, w.shape[-1])
 
     def take(self, pos: int) -> torch.Tensor | None:
@@ -213,7 +230,7 @@ class _DecodeSteps:
 
     def _finish(self, acc: torch.Tensor) -> torch.Tensor:
         if self.mean_over_heads:
-            return acc.sum(dim=1).mul_(self.share / acc.shape[1])
+            return acc.mul_(self.share / self._heads)
         return acc.mul_(self.share).reshape(acc.shape[0], acc.shape[-1])
 
 
@@ -241,7 +258,8 @@ class BatchCaptureSession:
         # One reduction for the whole batch when every row reads the same signal (as
         # generate_batch's rows do); otherwise each row reduces its own slice.
         shared = all(s.signal is sessions[0].signal for s in sessions)
-        self._steps = _DecodeSteps(sessions[0].signal, self.layers) if shared else None
+        self.workspace = Workspace()
+        self._steps = _DecodeSteps(sessions[0].signal, self.layers, self.workspace) if shared else None
 
     def wants_decode(self, layer: int) -> bool:
         return self.mode == "fused" and layer in self.layers
@@ -287,14 +305,12 @@ class BatchCaptureSession:
         pos = probs.shape[-1] - 1
         if self._steps is None:
             for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
-                row = session._steps.add(pos - off, layer, probs[b : b + 1, :, off:])
-                if row is not None:
-                    session._add(pos - off, row[0], scaled=True)
+                for p, row in session._steps.add(pos - off, layer, probs[b : b + 1, :, off:]):
+                    session._add(p, row[0], scaled=True)
             return
-        done = self._steps.add(pos, layer, probs)
-        if done is not None:
+        for p, done in self._steps.add(pos, layer, probs):
             for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
-                session._add(pos - off, done[b, off:], scaled=True)
+                session._add(p - off, done[b, off:], scaled=True)
 
     def finish(self) -> None:
         """Hand any decode step whose layers never all reported to the rows (normally none)."""
@@ -364,7 +380,7 @@ def _traced_attention(
         # generate() already runs without gradients: entering no_grad again per layer costs
         # more than the check
         with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
-            fused, probs = decode_attention(query, key, value, attention_mask, scaling)
+            fused, probs = decode_attention(query, key, value, attention_mask, scaling, session.workspace)
             session.observe_decode(module, probs)
         return fused, None
     out = sdpa_attention_forward(

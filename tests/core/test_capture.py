@@ -261,3 +261,29 @@ def test_decode_capture_holds_at_most_one_step_of_probabilities(model):
     _greedy(model, prompt, new=8, session=session)
     assert held and max(held) <= 1 and held[-1] == 0
     assert sorted(session.rows) == list(range(9, 17))
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, idx: int) -> None:
+        super().__init__()
+        self.layer_idx = idx
+
+
+@pytest.mark.parametrize(
+    "signal", [AttMean(), LearnedHeads(torch.rand(3, 4) + 0.1)], ids=["attmean", "learned"]
+)
+def test_a_decode_step_missing_a_layer_is_finished_by_the_next_step(signal):
+    """A layer that did not run the fused kernel (say a variant it does not reproduce) leaves its
+    step short of layers: the next step's first layer finishes it over the layers that came, as
+    the row a reader would get from ``row()``."""
+    torch.manual_seed(0)
+    session = CaptureSession(signal, 3, [])
+    p5 = [torch.softmax(torch.randn(1, 4, 6), dim=-1) for _ in range(2)]
+    session.observe_decode(_Layer(0), p5[0])
+    session.observe_decode(_Layer(1), p5[1])
+    assert 5 not in session.rows  # still waiting for layer 2
+    session.observe_decode(_Layer(0), torch.softmax(torch.randn(1, 4, 7), dim=-1))
+    assert 5 in session.rows and 6 not in session.rows
+    expected = sum(signal.reduce(p.transpose(0, 1), i)[0] for i, p in enumerate(p5)) / 3
+    assert torch.allclose(session.row(5), expected, atol=1e-6)
+    assert session.row(6).shape == (7,)  # the unfinished newest step, read over the layer that came
