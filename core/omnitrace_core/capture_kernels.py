@@ -31,12 +31,12 @@ def fusable(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
 class Workspace:
     """Reusable buffers for the temporaries of one decoding's decode steps.
 
-    A decode step's scores and probabilities (``heads x keys`` floats, ~100 KB at 2k keys) were
-    allocated and freed at every layer of every step, a little larger each step, between the
-    captured rows that live until the answer is done: the heap fragmented (a 512-token answer
-    at 2k prompt tokens peaked ~270 MB higher than with one buffer reused). One flat buffer per
-    name, grown by a quarter when too small; a view of it is valid until the next ``get`` of
-    that name, so only the thread that decodes may use it.
+    A decode step's scores and probabilities (``heads x keys`` floats, ~100 KB at 2k keys) would
+    otherwise be allocated and freed at every layer of every step, a little larger each step,
+    between the captured rows that live until the answer is done, which fragments the heap
+    (docs/results-core.md, overhead). One flat buffer per name, grown by a quarter when too
+    small; a view of it is valid until the next ``get`` of that name, so only the thread that
+    decodes may use it.
     """
 
     def __init__(self) -> None:
