@@ -280,6 +280,7 @@ def _decode_chunk(
     batch = BatchCaptureSession(sessions, [width - n for n in lengths])
     with capturing(batch), torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, **{"pad_token_id": pad, **batch_gen})
+    batch.finish()
     eos = _stop_ids(model, gen)
     decoded = []
     for b, session in enumerate(sessions):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from omnitrace_core.capture_kernels import decode_attention, fusable
+from omnitrace_core.capture_kernels import Workspace, decode_attention, fusable
 from omnitrace_core.errors import CaptureError
 from omnitrace_core.signals import Signal
 
@@ -80,29 +80,24 @@ class CaptureSession:
         self.mode: CaptureMode = mode
         self._share = 1.0 / len(self.layers)
         self._rows: dict[int, torch.Tensor] = {}
-        # A decode step keeps each captured layer's probabilities here until its last layer
-        # has reported, then reduces them in one stacked op (instead of a few small tensor ops
-        # per layer: under load each costs tens of microseconds with cold caches). Only the
-        # running step is ever held, so memory stays one step's probabilities. The lock guards
-        # the hand-over when stream() reads rows while its worker thread decodes.
-        self._pending: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        self._lock = threading.Lock()
-        self._mean_over_heads = type(signal).reduce is Signal.reduce
+        # Decode steps are reduced layer by layer into one running sum per step (see
+        # _DecodeSteps); a row is published once the step's last captured layer has reported.
+        self.workspace = Workspace()
+        self._steps = _DecodeSteps(signal, self.layers, self.workspace)
         self.layer_calls: dict[int, int] = {}
         self.grad_probs: dict[int, torch.Tensor] = {}
 
     @property
     def rows(self) -> dict[int, torch.Tensor]:
         """Reduced rows by absolute query position (fp32, each over keys ``0..position``)."""
-        if self._pending:
-            self._flush()
         return self._rows
 
     def row(self, position: int) -> torch.Tensor:
         """The reduced attention row of the query at ``position`` (fp32, over keys ``0..position``)."""
-        rows = self.rows  # reduces every finished step
-        if position not in rows and position in self._pending:  # a step whose layers never all came
-            self._flush(everything=True)
+        if position not in self._rows:  # a decode step whose layers never all came
+            partial = self._steps.take(position)
+            if partial is not None:
+                self._add(position, partial[0], scaled=True)
         return self._rows[position]
 
     # -- called from the attention function ---------------------------------------------
@@ -140,44 +135,103 @@ class CaptureSession:
         self.layer_calls[layer] = self.layer_calls.get(layer, 0) + 1
         if probs.shape[0] != 1:
             raise CaptureError("attention capture supports batch size 1 per call")
-        self._pend(probs.shape[-1] - 1, layer, probs[0])
+        for pos, done in self._steps.add(probs.shape[-1] - 1, layer, probs):
+            self._add(pos, done[0], scaled=True)
 
     def wants_decode(self, layer: int) -> bool:
         return self.mode == "fused" and layer in self.layers
 
-    def _pend(self, pos: int, layer: int, probs: torch.Tensor) -> None:
-        """Keep one layer's ``(H, pos + 1)`` probabilities of a decode step; reduce the step
-        once every captured layer has reported (and any older step still held)."""
-        with self._lock:
-            items = self._pending.setdefault(pos, [])
-            items.append((layer, probs))
-            ready = len(items) >= len(self.layers) or len(self._pending) > 1
-        if ready:
-            self._flush()
-
-    def _flush(self, everything: bool = False) -> None:
-        """Reduce the pending decode steps. The newest one may still be running in a decode
-        thread: it waits until every captured layer has reported (so a row is always summed in
-        the same order, streamed or not), unless ``everything``."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            if not everything and pending:
-                newest = max(pending)
-                if len(pending[newest]) < len(self.layers):
-                    self._pending[newest] = pending.pop(newest)
-        for pos, items in pending.items():
-            if self._mean_over_heads:  # AttMean / RawAtt: mean over heads, summed over layers
-                stacked = torch.stack([p for _, p in items])  # (n, H, K)
-                self._add(pos, stacked.mean(dim=1).sum(dim=0))
-            else:
-                for layer, p in items:
-                    self._add(pos, self.signal.reduce(p.unsqueeze(1), layer)[0])
-
-    def _add(self, pos: int, row: torch.Tensor) -> None:
-        """Add reduced rows (over keys ``0..pos``, summed over layers) to the average over layers."""
-        contrib = row * self._share
+    def _add(self, pos: int, row: torch.Tensor, scaled: bool = False) -> None:
+        """Add reduced rows (over keys ``0..pos``, summed over layers) to the average over
+        layers (``scaled``: ``row`` is already multiplied by ``1 / layers``)."""
+        contrib = row if scaled else row * self._share
         prev = self._rows.get(pos)
         self._rows[pos] = contrib if prev is None else prev.add_(contrib)
+
+
+class _DecodeSteps:
+    """Reduces decode steps layer by layer: one running sum per step, over the rows of a batch.
+
+    Each captured layer's probabilities ``(R, H, K)`` (``R`` rows: 1, or a batch) are folded
+    into the step's sum as they arrive: the mean signals sum the raw probabilities and take the
+    head mean once at the end; signals with fixed head weights (:meth:`Signal.head_weights`,
+    learned heads) add their weighted head sum with one batched matrix product; others reduce
+    each layer to ``(R, K)`` with :meth:`Signal.reduce` and sum those. A step costs one or two
+    tensor ops per layer whatever ``R`` is, and no layer's probabilities are held after its
+    call. When the step's last layer has reported, :meth:`add` returns the finished ``(R, K)``
+    rows already scaled by ``1 / layers``; a step that a newer one overtakes before all its
+    layers came (a layer that did not run the fused kernel) is finished then, over the layers
+    that did. Always summed in layer order, so a row is the same streamed or not and in a batch
+    or alone (up to float summation order across rows).
+    """
+
+    def __init__(self, signal: Signal, layers: frozenset[int], workspace: Workspace) -> None:
+        self.signal = signal
+        self.workspace = workspace
+        self.n_layers = len(layers)
+        self.share = 1.0 / len(layers)
+        self.mean_over_heads = type(signal).reduce is Signal.reduce
+        self._running: dict[int, tuple[torch.Tensor, int]] = {}
+        self._heads = 1  # of the layers folded in (for the head mean)
+        # the weighted path only when every layer read has fixed head weights
+        weights = {layer: signal.head_weights(layer) for layer in layers} if not self.mean_over_heads else {}
+        self._head_weights: dict[int, torch.Tensor] | None = (
+            {k: w.view(1, 1, -1) for k, w in weights.items() if w is not None}
+            if weights and all(w is not None for w in weights.values())
+            else None
+        )
+        self._lock = threading.Lock()
+
+    def add(self, pos: int, layer: int, probs: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Fold one layer of step ``pos`` in; the steps finished by it, as ``(pos, rows)``."""
+        # One producer (the decoding) adds; a reader only ever takes a step that never finished.
+        with self._lock:
+            held = self._running.pop(pos, None)
+            overtaken = [] if held is not None or not self._running else sorted(self._running)
+            stale = [(p, self._running.pop(p)[0]) for p in overtaken]
+        finished = [(p, self._finish(acc)) for p, acc in stale]
+        acc = None if held is None else held[0]
+        self._heads = probs.shape[1]
+        if self.mean_over_heads:  # AttMean / RawAtt: head sum per layer, the mean's 1 / H at the end
+            rows = (probs.shape[0], probs.shape[2])
+            part = torch.sum(probs, dim=1, out=self.workspace.get("part", rows, probs))
+            acc = part.clone() if acc is None else acc.add_(part)
+        elif (w := self._weights(layer, probs)) is not None:  # a weighted sum over heads: (R, 1, K)
+            acc = torch.bmm(w, probs) if acc is None else acc.baddbmm_(w, probs)
+        else:  # the signal's own reduction, the rows as its query rows: (R, K)
+            part = self.signal.reduce(probs.transpose(0, 1), layer)
+            acc = part if acc is None else acc.add_(part)
+        seen = 1 if held is None else held[1] + 1
+        if seen < self.n_layers:
+            with self._lock:
+                self._running[pos] = (acc, seen)
+        else:
+            finished.append((pos, self._finish(acc)))
+        return finished
+
+    def _weights(self, layer: int, probs: torch.Tensor) -> torch.Tensor | None:
+        """The signal's head weights for ``layer`` as ``(R, 1, H)`` (a broadcast view), or None."""
+        if self._head_weights is None:
+            return None
+        w = self._head_weights[layer]
+        if w.device != probs.device or w.dtype != probs.dtype:
+            w = self._head_weights[layer] = w.to(device=probs.device, dtype=probs.dtype)
+        return w.expand(probs.shape[0], 1, w.shape[-1])
+
+    def take(self, pos: int) -> torch.Tensor | None:
+        """A step whose layers never all reported, reduced over those that did (or None)."""
+        with self._lock:
+            held = self._running.pop(pos, None)
+        return None if held is None else self._finish(held[0])
+
+    def positions(self) -> list[int]:
+        with self._lock:
+            return sorted(self._running)
+
+    def _finish(self, acc: torch.Tensor) -> torch.Tensor:
+        if self.mean_over_heads:
+            return acc.mul_(self.share / self._heads)
+        return acc.mul_(self.share).reshape(acc.shape[0], acc.shape[-1])
 
 
 class BatchCaptureSession:
@@ -201,6 +255,11 @@ class BatchCaptureSession:
         self.offsets = list(offsets)
         self.layers = sessions[0].layers
         self.mode: CaptureMode = sessions[0].mode
+        # One reduction for the whole batch when every row reads the same signal (as
+        # generate_batch's rows do); otherwise each row reduces its own slice.
+        shared = all(s.signal is sessions[0].signal for s in sessions)
+        self.workspace = Workspace()
+        self._steps = _DecodeSteps(sessions[0].signal, self.layers, self.workspace) if shared else None
 
     def wants_decode(self, layer: int) -> bool:
         return self.mode == "fused" and layer in self.layers
@@ -238,11 +297,30 @@ class BatchCaptureSession:
                 session._add(pos - off, reduced[i, off : pos + 1])
 
     def observe_decode(self, module: torch.nn.Module, probs: torch.Tensor) -> None:
+        """A decode step's probabilities ``(B, H, K)``: reduced for the whole batch at once (one
+        running sum per step), then each row's slice from its own first key is its session's row."""
         layer = int(getattr(module, "layer_idx", -1))
-        pos = probs.shape[-1] - 1
-        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+        for session in self.sessions:
             session.layer_calls[layer] = session.layer_calls.get(layer, 0) + 1
-            session._pend(pos - off, layer, probs[b, :, off:])
+        pos = probs.shape[-1] - 1
+        if self._steps is None:
+            for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                for p, row in session._steps.add(pos - off, layer, probs[b : b + 1, :, off:]):
+                    session._add(p, row[0], scaled=True)
+            return
+        for p, done in self._steps.add(pos, layer, probs):
+            for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                session._add(p - off, done[b, off:], scaled=True)
+
+    def finish(self) -> None:
+        """Hand any decode step whose layers never all reported to the rows (normally none)."""
+        if self._steps is None:
+            return  # each row's session hands its own over when the row is read
+        for pos in self._steps.positions():
+            done = self._steps.take(pos)
+            if done is not None:
+                for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+                    session._add(pos - off, done[b, off:], scaled=True)
 
 
 def attention_rows(
@@ -299,8 +377,10 @@ def _traced_attention(
         and session.wants_decode(int(getattr(module, "layer_idx", -1)))
         and fusable(module, kwargs)
     ):
-        with torch.no_grad():
-            fused, probs = decode_attention(query, key, value, attention_mask, scaling)
+        # generate() already runs without gradients: entering no_grad again per layer costs
+        # more than the check
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            fused, probs = decode_attention(query, key, value, attention_mask, scaling, session.workspace)
             session.observe_decode(module, probs)
         return fused, None
     out = sdpa_attention_forward(

@@ -44,6 +44,12 @@ class Signal(ABC):  # noqa: B024 - a base with sensible defaults, not an interfa
         """Reduce ``(heads, rows, keys)`` fp32 scores of one layer to ``(rows, keys)``."""
         return probs.mean(dim=0)
 
+    def head_weights(self, layer_idx: int) -> torch.Tensor | None:
+        """If :meth:`reduce` is a fixed weighted sum over heads, its ``(heads,)`` fp32 weights
+        (capture then folds a decode step's layers into one running sum with a single
+        matrix product per layer); None otherwise (the default: :meth:`reduce` is called)."""
+        return None
+
 
 class AttMean(Signal):
     """Attention averaged over all layers and heads (paper default)."""
@@ -127,6 +133,8 @@ class LearnedHeads(Signal):
             raise ValueError("learned head weights must be a finite, non-negative (layers, heads) matrix")
         self.weights = w / w.sum()
         self._layers = [i for i in range(w.shape[0]) if self.weights[i].sum() > 0]
+        # Capture averages the reduced rows over the layers read: scale so the total is the sum.
+        self._scaled = self.weights * len(self._layers)
 
     def layers(self, num_layers: int) -> list[int]:
         if num_layers != self.weights.shape[0]:
@@ -135,9 +143,11 @@ class LearnedHeads(Signal):
             )
         return list(self._layers)
 
+    def head_weights(self, layer_idx: int) -> torch.Tensor:
+        return self._scaled[layer_idx]
+
     def reduce(self, probs: torch.Tensor, layer_idx: int) -> torch.Tensor:
-        # Capture averages the reduced rows over the layers read: scale so the total is the sum.
-        w = self.weights[layer_idx].to(probs.device) * len(self._layers)
+        w = self._scaled[layer_idx].to(probs.device)
         if w.shape[0] != probs.shape[0]:
             raise ValueError(
                 f"learned head weights have {w.shape[0]} heads, layer {layer_idx} has {probs.shape[0]}"

@@ -10,7 +10,7 @@ import torch
 from omnitrace_core.capture import BatchCaptureSession, CaptureSession, capturing, install
 from omnitrace_core.capture_kernels import decode_attention
 from omnitrace_core.errors import CaptureError
-from omnitrace_core.signals import AttMean, RawAtt, Signal
+from omnitrace_core.signals import AttMean, LearnedHeads, RawAtt, Signal
 from tests.conftest import build_tiny_model
 
 
@@ -200,21 +200,42 @@ def test_decode_kernel_equals_sdpa_with_gqa_and_padding():
     assert torch.allclose(out16.float(), ref.transpose(1, 2), atol=3e-2)
 
 
+def _signals(kind, heads):
+    """One signal per row of a 3-row batch: shared AttMean, shared learned heads (a weighted
+    sum, reduced per layer), or a different signal object per row (each row reduced alone)."""
+    if kind == "attmean":
+        return [AttMean()] * 3
+    weights = torch.rand(3, heads, generator=torch.Generator().manual_seed(5))
+    weights[1] = 0.0  # a layer without weight is not read at all
+    if kind == "learned":
+        return [LearnedHeads(weights)] * 3
+    # rows of a batch read the same layers: the middle row weighs every head of layers 0 and 2
+    return [
+        LearnedHeads(weights),
+        LearnedHeads(torch.ones(3, heads) * weights.bool()),
+        LearnedHeads(weights * 2),
+    ]
+
+
 @pytest.mark.parametrize("mode", ["fused", "exact"])
-def test_batch_capture_rows_equal_rows_of_each_prompt_alone(model, mode):
+@pytest.mark.parametrize("kind", ["attmean", "learned", "separate"])
+def test_batch_capture_rows_equal_rows_of_each_prompt_alone(model, mode, kind):
     torch.manual_seed(4)
     prompts = [torch.randint(3, 300, (n,)).tolist() for n in (14, 9, 20)]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    sessions = [CaptureSession(AttMean(), 3, [2, len(p) - 1], mode=mode) for p in prompts]
+    signals = _signals(kind, model.config.num_attention_heads)
+    sessions = [
+        CaptureSession(sig, 3, [2, len(p) - 1], mode=mode) for sig, p in zip(signals, prompts, strict=True)
+    ]
     batch = BatchCaptureSession(sessions, [width - len(p) for p in prompts])
     with capturing(batch), torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
         )
     for b, p in enumerate(prompts):
-        alone = CaptureSession(AttMean(), 3, [2, len(p) - 1], mode=mode)
+        alone = CaptureSession(signals[b], 3, [2, len(p) - 1], mode=mode)
         single = _greedy(model, torch.tensor([p]), new=6, session=alone)
         assert out[b, width:].tolist() == single.sequences[0, len(p) :].tolist()
         assert set(sessions[b].rows) == set(alone.rows)
@@ -229,13 +250,40 @@ def test_decode_capture_holds_at_most_one_step_of_probabilities(model):
     prompt = torch.randint(0, 300, (1, 10))
     session = CaptureSession(AttMean(), 3, [9])
     held = []
-    original = session._pend
+    original = session._steps.add
 
     def spy(pos, layer, probs):
-        original(pos, layer, probs)
-        held.append(sum(len(v) for v in session._pending.values()))
+        done = original(pos, layer, probs)
+        held.append(len(session._steps._running))
+        return done
 
-    session._pend = spy
+    session._steps.add = spy
     _greedy(model, prompt, new=8, session=session)
-    assert held and max(held) < 3 and held[-1] == 0
+    assert held and max(held) <= 1 and held[-1] == 0
     assert sorted(session.rows) == list(range(9, 17))
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, idx: int) -> None:
+        super().__init__()
+        self.layer_idx = idx
+
+
+@pytest.mark.parametrize(
+    "signal", [AttMean(), LearnedHeads(torch.rand(3, 4) + 0.1)], ids=["attmean", "learned"]
+)
+def test_a_decode_step_missing_a_layer_is_finished_by_the_next_step(signal):
+    """A layer that did not run the fused kernel (say a variant it does not reproduce) leaves its
+    step short of layers: the next step's first layer finishes it over the layers that came, as
+    the row a reader would get from ``row()``."""
+    torch.manual_seed(0)
+    session = CaptureSession(signal, 3, [])
+    p5 = [torch.softmax(torch.randn(1, 4, 6), dim=-1) for _ in range(2)]
+    session.observe_decode(_Layer(0), p5[0])
+    session.observe_decode(_Layer(1), p5[1])
+    assert 5 not in session.rows  # still waiting for layer 2
+    session.observe_decode(_Layer(0), torch.softmax(torch.randn(1, 4, 7), dim=-1))
+    assert 5 in session.rows and 6 not in session.rows
+    expected = sum(signal.reduce(p.transpose(0, 1), i)[0] for i, p in enumerate(p5)) / 3
+    assert torch.allclose(session.row(5), expected, atol=1e-6)
+    assert session.row(6).shape == (7,)  # the unfinished newest step, read over the layer that came
