@@ -309,8 +309,7 @@ class BatchCaptureSession:
                     session._add(p, row[0], scaled=True)
             return
         for p, done in self._steps.add(pos, layer, probs):
-            for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
-                session._add(p - off, done[b, off:], scaled=True)
+            self._hand_over(p, done)
 
     def finish(self) -> None:
         """Hand any decode step whose layers never all reported to the rows (normally none)."""
@@ -319,8 +318,12 @@ class BatchCaptureSession:
         for pos in self._steps.positions():
             done = self._steps.take(pos)
             if done is not None:
-                for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
-                    session._add(pos - off, done[b, off:], scaled=True)
+                self._hand_over(pos, done)
+
+    def _hand_over(self, pos: int, done: torch.Tensor) -> None:
+        """Give each row's session its slice (from its own first key) of a finished step."""
+        for b, (session, off) in enumerate(zip(self.sessions, self.offsets, strict=True)):
+            session._add(pos - off, done[b, off:], scaled=True)
 
 
 def attention_rows(
