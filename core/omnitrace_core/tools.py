@@ -298,18 +298,23 @@ def _bare_call(text: str, names: Collection[str]) -> ToolCall | None:
     if not (raw.startswith("{") and raw.endswith("}")):
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        call = _call_from_json(raw)
+    except (ValueError, KeyError, TypeError):
         return None
-    if not isinstance(data, dict) or data.get("name") not in names:
-        return None
+    return call if call.name in names else None
+
+
+def _call_from_json(raw: str) -> ToolCall:
+    """``{"name": ..., "arguments" | "parameters": {...} or its JSON text}`` as a call (raises
+    ValueError, KeyError or TypeError naming what is wrong)."""
+    data = json.loads(raw)
+    name = data["name"]
     args = data.get("arguments", data.get("parameters", {}))
     if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return None
-    return ToolCall(name=data["name"], arguments=args) if isinstance(args, dict) else None
+        args = json.loads(args)
+    if not isinstance(name, str) or not isinstance(args, dict):
+        raise ValueError("'name' must be a string and 'arguments' an object")
+    return ToolCall(name=name, arguments=args)
 
 
 def parse_tool_calls(text: str, names: Collection[str] = ()) -> ParsedToolCalls:
@@ -327,18 +332,13 @@ def parse_tool_calls(text: str, names: Collection[str] = ()) -> ParsedToolCalls:
     for match in _CALL_RE.finditer(text):
         raw = match.group(1)
         try:
-            data = json.loads(raw)
-            name = data["name"]
-            args = data.get("arguments", data.get("parameters", {}))
-            if isinstance(args, str):
-                args = json.loads(args)
-            if not isinstance(name, str) or not isinstance(args, dict):
-                raise ValueError("'name' must be a string and 'arguments' an object")
-            if any(c.name == name and c.arguments == args for c in calls):
-                continue  # a small model may repeat the same call: it is made once
-            calls.append(ToolCall(name=name, arguments=args))
+            call = _call_from_json(raw)
         except (ValueError, KeyError, TypeError) as exc:
             invalid.append((raw, f"{type(exc).__name__}: {exc}"))
+            continue
+        if any(c.name == call.name and c.arguments == call.arguments for c in calls):
+            continue  # a small model may repeat the same call: it is made once
+        calls.append(call)
     rest = _CALL_RE.sub("", text)
     if TOOL_CALL_OPEN in rest:  # an unterminated block (the token limit cut it)
         at = rest.index(TOOL_CALL_OPEN)
