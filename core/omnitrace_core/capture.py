@@ -100,6 +100,16 @@ class CaptureSession:
                 self._add(position, partial[0], scaled=True)
         return self._rows[position]
 
+    def release(self, position: int) -> None:
+        """Drop the row of ``position`` once its token is mapped.
+
+        A streamed decoding maps each token as soon as its rows exist and never reads them
+        again; dropping them keeps the rows alive for one step instead of the whole answer,
+        so the heap does not fill with small long-lived blocks between the model's
+        short-lived ones (what made the peak memory of long answers swing between runs).
+        """
+        self._rows.pop(position, None)
+
     # -- called from the attention function ---------------------------------------------
     def observe(
         self,

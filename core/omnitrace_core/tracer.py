@@ -899,6 +899,7 @@ class Tracer:
             while ready and (not wait_for_rows or ready[0][0] + 1 in session.rows):
                 pos, token, a, b = ready.pop(0)
                 mapping = mapper.map(session.row(pos), session.rows.get(pos + 1))
+                session.release(pos)  # its row is read only here (the next token reads pos + 1)
                 done.extend(assembler.add(kept.text[:b], token, a, b, mapping))
             return done
 
