@@ -32,3 +32,15 @@ def test_pos_tags(use_spacy):
 
 def test_empty_text_has_no_sentences():
     assert Chunker().sentences("   ") == []
+
+
+def test_spacy_loads_at_first_use_not_in_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tracer builds its Chunker before the prompt's forward pass; loading the pipeline then
+    # would add it on top of that pass's peak memory instead of reusing its freed blocks.
+    calls: list[int] = []
+    monkeypatch.setattr(Chunker, "_tried", False)
+    monkeypatch.setattr(Chunker, "_load", classmethod(lambda cls: calls.append(1)))
+    chunker = Chunker()
+    assert calls == []
+    chunker.sentences("One sentence. Another one.")
+    assert calls == [1]
