@@ -136,7 +136,11 @@ def test_evaluate_with_faithfulness_on_the_tiny_model(tmp_path, tiny_tracer):
         entry = report["methods"][name]["faithfulness"]
         assert entry["sentences"] + entry["abstained"] == 2
         assert entry["logp_drop_k1"] is None or math.isfinite(entry["logp_drop_k1"])
-    assert set(faith["random"]) == {"logp_drop_k1", "logp_drop_k3", "sentences", "abstained"}
+    base = {"logp_drop_k1", "logp_drop_k3", "sentences", "abstained"}
+    assert set(faith["random"]) in (base, base | {"paired_k1", "paired_k3"})
+    assert all(faith["random"].get(f"paired_k{k}", {"reference": "omnitrace"})["reference"] == "omnitrace"
+               for k in (1, 3))
+    assert "paired_k1" not in report["methods"]["omnitrace"]["faithfulness"]
     assert "## faithfulness" in (out / "metrics.md").read_text()
     record = json.loads((out / "faithfulness.jsonl").read_text())
     assert set(record["drops"]) == {"omnitrace", "lexical", "random", CONTROL}
@@ -152,3 +156,26 @@ def test_evaluate_with_faithfulness_on_the_tiny_model(tmp_path, tiny_tracer):
     assert records[-1]["drops"]["omnitrace"] == record["drops"]["omnitrace"]
     assert "carry_forward" in records[-1]["drops"] and more["faithfulness"]["rows"] == 1
     assert more["faithfulness"]["forward_passes"] >= faith["forward_passes"]
+
+
+def _record(rid: str, drops: dict[str, list[float | None]]) -> dict:
+    return {"id": rid, "drops": {m: {"k1": v, "k3": v} for m, v in drops.items()}}
+
+
+def test_paired_difference_pairs_sentences_and_bootstraps_over_rows():
+    records = [
+        _record("r1", {"omnitrace": [1.0, 2.0], "lexical": [2.0, None], "embedding": [1.5, 2.5]}),
+        _record("r2", {"omnitrace": [3.0], "lexical": [5.0], "embedding": [3.5]}),
+        _record("r3", {"omnitrace": [1.0, 1.0], "lexical": [9.0]}),  # lengths differ: not paired
+    ]
+    summary = summarize(records, ["lexical", "omnitrace", "embedding"])
+    assert "paired_k1" not in summary["omnitrace"]  # the reference, even when not listed first
+    lex = summary["lexical"]["paired_k1"]
+    assert lex["reference"] == "omnitrace" and lex["sentences"] == 2 and lex["rows"] == 2
+    assert lex["diff"] == pytest.approx(1.5)  # (2-1) and (5-3): the sentence lexical abstained on is out
+    emb = summary["embedding"]["paired_k1"]
+    assert emb["diff"] == pytest.approx(0.5) and emb["ci95"] == pytest.approx([0.5, 0.5])  # no spread
+    lo, hi = lex["ci95"]
+    assert 1.0 <= lo <= lex["diff"] <= hi <= 2.0  # resampled row means stay within the rows' own
+    assert ef.paired_difference(records, "lexical", "omnitrace", 1) == lex  # seeded: reproducible
+    assert ef.paired_difference(records, "missing", "omnitrace", 1) is None

@@ -184,6 +184,14 @@ def test_cost_and_faithfulness_tables(eval_dir: Path) -> None:
     assert "| random | 4 | **0.000** |" in cost  # fewest forward passes (tied with lexical)
     faith = faithfulness_table(run)
     assert faith is not None and "| omnitrace | 4 | **1.250** | **2.000** |" in faith and "| random |" in faith
+    run.methods["lexical"].faithfulness = {
+        "logp_drop_k1": 2.0,
+        "sentences": 3,
+        "paired_k1": {"reference": "omnitrace", "diff": 0.5, "ci95": [-0.25, 1.0], "sentences": 3},
+    }
+    paired = faithfulness_table(run)
+    assert paired is not None and "top-1 minus omnitrace, paired [95% CI] (sentences)" in paired
+    assert "+0.50 [-0.25, +1.00] (3)" in paired  # the interval holds 0: a tie, nothing bold
     for m in run.methods.values():
         m.cost = m.faithfulness = None
     run.extra_faithfulness = {}

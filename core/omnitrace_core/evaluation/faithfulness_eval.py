@@ -202,8 +202,15 @@ class FaithfulnessWorkerFactory:
 
 
 def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Mean drop per method and ``k`` over the sentences that named something, plus the control."""
+    """Mean drop per method and ``k`` over the sentences that named something, plus the control.
+
+    Each method's mean is over its own sentences, so two means can cover different sentences
+    (a word matcher abstains where it finds no shared word). Every method other than the
+    reference (``omnitrace`` if evaluated, else the first method) therefore also gets a paired
+    comparison on the sentences both named something for (:func:`paired_difference`).
+    """
     out: dict[str, dict[str, Any]] = {}
+    reference = PAIRED_REFERENCE if PAIRED_REFERENCE in methods else (methods[0] if methods else None)
     for method in [*methods, CONTROL]:
         sums = {k: 0.0 for k in KS}
         counts = {k: 0 for k in KS}
@@ -223,4 +230,56 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> d
             "sentences": counts[KS[0]],
             "abstained": total - counts[KS[0]],
         }
+        if reference is not None and method != reference:
+            for k in KS:
+                paired = paired_difference(records, method, reference, k)
+                if paired is not None:
+                    out[method][f"paired_k{k}"] = paired
     return out
+
+
+#: The method every other one is compared with, sentence by sentence, when it was evaluated.
+PAIRED_REFERENCE = "omnitrace"
+
+
+def paired_difference(
+    records: Sequence[Mapping[str, Any]],
+    method: str,
+    reference: str,
+    k: int,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """``method``'s drop minus ``reference``'s on the sentences both named sources for.
+
+    Sentences are paired by their index in the row (every method attributes the same
+    response, split the same way; a row whose two lists differ in length is skipped). The
+    95% interval is a bootstrap over rows, not sentences: the sentences of one answer share
+    its sources and are not independent draws. Seeded, so a report is reproducible.
+    Returns None when no sentence pairs up.
+    """
+    import torch  # the core's own dependency; keeps the module import light
+
+    sums: list[float] = []
+    counts: list[int] = []
+    for record in records:
+        drops = record.get("drops", {})
+        a, b = drops.get(method), drops.get(reference)
+        if a is None or b is None or len(a[f"k{k}"]) != len(b[f"k{k}"]):
+            continue
+        pairs = zip(a[f"k{k}"], b[f"k{k}"], strict=True)
+        diffs = [x - y for x, y in pairs if x is not None and y is not None]
+        if diffs:
+            sums.append(sum(diffs))
+            counts.append(len(diffs))
+    n = sum(counts)
+    if n == 0:
+        return None
+    s = torch.tensor(sums, dtype=torch.float64)
+    c = torch.tensor(counts, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(sums), (resamples, len(sums)), generator=gen)
+    means = (s[pick].sum(dim=1) / c[pick].sum(dim=1)).sort().values
+    lo, hi = means[int(0.025 * resamples)].item(), means[int(0.975 * resamples) - 1].item()
+    diff = float(s.sum() / n)
+    return {"reference": reference, "sentences": n, "rows": len(sums), "diff": diff, "ci95": [lo, hi]}

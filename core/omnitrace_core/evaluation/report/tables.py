@@ -311,9 +311,33 @@ def cost_table(run: EvalRun) -> str | None:
 
 
 def faithfulness_table(run: EvalRun) -> str | None:
-    """The faithfulness table, or None when no method recorded one."""
+    """The faithfulness table, or None when no method recorded one.
+
+    Each method's mean covers its own sentences; the paired columns (when recorded) compare it
+    with the reference method on the sentences both named sources for, with a 95% interval:
+    a difference whose interval holds 0 is a tie.
+    """
     faith = run.faithfulness()
-    return table(list(faith.items()), FAITHFULNESS_COLUMNS) if faith else None
+    if not faith:
+        return None
+    rows: list[tuple[str, Mapping[str, Any]]] = []
+    columns = list(FAITHFULNESS_COLUMNS)
+    for k in (1, 3):
+        refs = {p["reference"] for f in faith.values() if isinstance(p := f.get(f"paired_k{k}"), dict)}
+        if len(refs) == 1:
+            label = f"top-{k} minus {refs.pop()}, paired [95% CI] (sentences)"
+            columns.append((f"paired_text_k{k}", label, 0))
+    for name, f in faith.items():
+        values = dict(f)
+        for k in (1, 3):
+            p = f.get(f"paired_k{k}")
+            if isinstance(p, dict) and number(p.get("diff")) is not None and len(p.get("ci95") or ()) == 2:
+                lo, hi = (number(x) for x in p["ci95"])
+                if lo is not None and hi is not None:
+                    text = f"{p['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] ({p.get('sentences')})"
+                    values[f"paired_text_k{k}"] = text
+        rows.append((name, values))
+    return table(rows, columns)
 
 
 # ---------------------------------------------------------------- prose from the numbers
